@@ -1,0 +1,293 @@
+/* dataplane.c -- the data-plane state: peers, their clocks and endpoints, drop counters and
+ * the event ring that carries what C cannot handle to Python. */
+#include "wgfast_internal.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/eventfd.h>
+
+#define EV_CAP     1024
+#define EV_STRIDE  2048
+
+double wg_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static void *zalloc(size_t n)
+{
+    void *p = NULL;
+    if (posix_memalign(&p, 64, n ? n : 64) != 0)
+        return NULL;
+    memset(p, 0, n ? n : 64);
+    return p;
+}
+
+wg_dp *wg_dp_new(uint32_t max_peers, uint32_t max_keypairs, uint32_t mtu)
+{
+    if (max_peers == 0 || max_keypairs == 0)
+        return NULL;
+    wg_dp *dp = zalloc(sizeof(*dp));
+    if (!dp)
+        return NULL;
+    dp->max_peers = max_peers;
+    dp->max_keypairs = max_keypairs;
+    dp->mtu = mtu;
+    pthread_rwlock_init(&dp->lock, NULL);
+    pthread_mutex_init(&dp->ev_lock, NULL);
+
+    wg_peer_clocks *c = &dp->clocks;
+    c->max_peers = max_peers;
+    c->last_data_sent = zalloc(max_peers * sizeof(double));
+    c->last_data_recv = zalloc(max_peers * sizeof(double));
+    c->last_auth_sent = zalloc(max_peers * sizeof(double));
+    c->last_auth_recv = zalloc(max_peers * sizeof(double));
+    c->pending_data_sent = zalloc(max_peers * sizeof(double));
+    c->pending_data_recv = zalloc(max_peers * sizeof(double));
+    c->tx_bytes = zalloc(max_peers * sizeof(uint64_t));
+    c->rx_bytes = zalloc(max_peers * sizeof(uint64_t));
+    c->want_handshake = zalloc(max_peers);
+    c->active = zalloc(max_peers);
+    dp->endpoints = zalloc(max_peers * sizeof(wg_addr));
+    dp->current = zalloc(max_peers * sizeof(int32_t));
+    dp->last_need_event = zalloc(max_peers * sizeof(double));
+
+    dp->keypairs = zalloc((size_t)max_keypairs * sizeof(struct wg_keypair));
+    uint32_t hs = 16;
+    while (hs < max_keypairs * 2)
+        hs <<= 1;
+    dp->kp_hash = zalloc(hs * sizeof(uint32_t));
+    dp->kp_hash_mask = hs - 1;
+
+    dp->aip4 = wg_aip_new();
+    dp->aip6 = wg_aip_new();
+
+    dp->ev_cap = EV_CAP;
+    dp->ev_stride = mtu + 256 > EV_STRIDE ? mtu + 256 : EV_STRIDE;
+    dp->ev = zalloc(EV_CAP * sizeof(wg_event));
+    dp->ev_data = zalloc((size_t)EV_CAP * dp->ev_stride);
+    dp->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    dp->stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    dp->tun_fd = dp->udp4_fd = dp->udp6_fd = -1;
+
+    if (!c->last_data_sent || !c->last_data_recv || !c->last_auth_sent || !c->last_auth_recv ||
+        !c->pending_data_sent || !c->pending_data_recv || !c->tx_bytes || !c->rx_bytes ||
+        !c->want_handshake || !c->active || !dp->endpoints || !dp->current ||
+        !dp->last_need_event || !dp->keypairs || !dp->kp_hash || !dp->aip4 || !dp->aip6 ||
+        !dp->ev || !dp->ev_data || dp->evfd < 0 || dp->stop_fd < 0) {
+        wg_dp_free(dp);
+        return NULL;
+    }
+    for (uint32_t i = 0; i < max_peers; i++)
+        dp->current[i] = -1;
+    for (uint32_t i = 0; i < max_keypairs; i++)
+        pthread_mutex_init(&dp->keypairs[i].replay_lock, NULL);
+    return dp;
+}
+
+void wg_dp_free(wg_dp *dp)
+{
+    if (!dp)
+        return;
+    wg_peer_clocks *c = &dp->clocks;
+    free(c->last_data_sent); free(c->last_data_recv);
+    free(c->last_auth_sent); free(c->last_auth_recv);
+    free(c->pending_data_sent); free(c->pending_data_recv);
+    free(c->tx_bytes); free(c->rx_bytes); free(c->want_handshake); free(c->active);
+    free(dp->endpoints); free(dp->current); free(dp->last_need_event);
+    if (dp->keypairs) {
+        /* No key bytes outlive the data plane. */
+        explicit_bzero(dp->keypairs, (size_t)dp->max_keypairs * sizeof(struct wg_keypair));
+        free(dp->keypairs);
+    }
+    free(dp->kp_hash);
+    if (dp->aip4) wg_aip_free(dp->aip4);
+    if (dp->aip6) wg_aip_free(dp->aip6);
+    if (dp->ev_data)
+        explicit_bzero(dp->ev_data, (size_t)dp->ev_cap * dp->ev_stride);
+    free(dp->ev); free(dp->ev_data);
+    if (dp->evfd >= 0) close(dp->evfd);
+    if (dp->stop_fd >= 0) close(dp->stop_fd);
+    pthread_rwlock_destroy(&dp->lock);
+    pthread_mutex_destroy(&dp->ev_lock);
+    free(dp);
+}
+
+wg_peer_clocks *wg_dp_clocks(wg_dp *dp) { return &dp->clocks; }
+uint64_t *wg_dp_drops(wg_dp *dp) { return (uint64_t *)dp->drops; }
+
+void wg_dp_set_mtu(wg_dp *dp, uint32_t mtu)
+{
+    pthread_rwlock_wrlock(&dp->lock);
+    dp->mtu = mtu;
+    pthread_rwlock_unlock(&dp->lock);
+}
+
+void wg_drop(wg_dp *dp, int reason, uint32_t n)
+{
+    if (reason > 0 && reason < WG_DROP_NREASONS && n)
+        __atomic_fetch_add(&dp->drops[reason], n, __ATOMIC_RELAXED);
+}
+
+static void peer_clear(wg_dp *dp, uint32_t p)
+{
+    wg_peer_clocks *c = &dp->clocks;
+    c->last_data_sent[p] = c->last_data_recv[p] = 0;
+    c->last_auth_sent[p] = c->last_auth_recv[p] = 0;
+    c->pending_data_sent[p] = c->pending_data_recv[p] = 0;
+    c->tx_bytes[p] = c->rx_bytes[p] = 0;
+    c->want_handshake[p] = 0;
+    dp->last_need_event[p] = 0;
+    memset(&dp->endpoints[p], 0, sizeof(wg_addr));
+    dp->current[p] = -1;
+}
+
+int wg_peer_add(wg_dp *dp, uint32_t peer)
+{
+    if (peer >= dp->max_peers)
+        return -EINVAL;
+    pthread_rwlock_wrlock(&dp->lock);
+    peer_clear(dp, peer);
+    dp->clocks.active[peer] = 1;
+    pthread_rwlock_unlock(&dp->lock);
+    return 0;
+}
+
+int wg_peer_remove(wg_dp *dp, uint32_t peer)
+{
+    if (peer >= dp->max_peers)
+        return -EINVAL;
+    /* Keypairs first (wg_keypair_remove takes the lock itself), then the rest. */
+    for (uint32_t i = 0; i < dp->max_keypairs; i++) {
+        pthread_rwlock_rdlock(&dp->lock);
+        int mine = dp->keypairs[i].in_use && dp->keypairs[i].peer == peer;
+        uint32_t idx = dp->keypairs[i].local_index;
+        pthread_rwlock_unlock(&dp->lock);
+        if (mine)
+            wg_keypair_remove(dp, idx);
+    }
+    wg_aip_remove_peer(dp, peer);
+    pthread_rwlock_wrlock(&dp->lock);
+    peer_clear(dp, peer);
+    dp->clocks.active[peer] = 0;
+    pthread_rwlock_unlock(&dp->lock);
+    return 0;
+}
+
+int wg_peer_set_endpoint(wg_dp *dp, uint32_t peer, const wg_addr *a)
+{
+    if (peer >= dp->max_peers)
+        return -EINVAL;
+    pthread_rwlock_wrlock(&dp->lock);
+    dp->endpoints[peer] = *a;
+    pthread_rwlock_unlock(&dp->lock);
+    return 0;
+}
+
+int wg_peer_get_endpoint(wg_dp *dp, uint32_t peer, wg_addr *out)
+{
+    if (peer >= dp->max_peers)
+        return -EINVAL;
+    pthread_rwlock_rdlock(&dp->lock);
+    *out = dp->endpoints[peer];
+    pthread_rwlock_unlock(&dp->lock);
+    return 0;
+}
+
+void wg_peer_add_bytes(wg_dp *dp, uint32_t peer, uint64_t tx, uint64_t rx)
+{
+    if (peer >= dp->max_peers)
+        return;
+    __atomic_fetch_add(&dp->clocks.tx_bytes[peer], tx, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&dp->clocks.rx_bytes[peer], rx, __ATOMIC_RELAXED);
+}
+
+int wg_ev_push(wg_dp *dp, uint32_t type, uint32_t peer, uint32_t receiver,
+               const wg_addr *addr, const uint8_t *data, uint32_t len)
+{
+    pthread_mutex_lock(&dp->ev_lock);
+    if (dp->ev_count == dp->ev_cap) {
+        pthread_mutex_unlock(&dp->ev_lock);
+        wg_drop(dp, WG_DROP_EVENTS_FULL, 1);
+        return -1;
+    }
+    uint32_t at = (dp->ev_head + dp->ev_count) % dp->ev_cap;
+    wg_event *e = &dp->ev[at];
+    if (len > dp->ev_stride)
+        len = dp->ev_stride;
+    e->type = type;
+    e->peer = peer;
+    e->receiver = receiver;
+    e->len = len;
+    if (addr)
+        e->addr = *addr;
+    else
+        memset(&e->addr, 0, sizeof(e->addr));
+    if (len)
+        memcpy(dp->ev_data + (size_t)at * dp->ev_stride, data, len);
+    dp->ev_count++;
+    pthread_mutex_unlock(&dp->ev_lock);
+    uint64_t one = 1;
+    ssize_t w = write(dp->evfd, &one, sizeof(one));
+    (void)w;    /* EAGAIN only when the counter is saturated: Python is awake anyway */
+    return 0;
+}
+
+uint32_t wg_events_pop(wg_dp *dp, wg_event *evs, uint8_t *data, uint32_t stride, uint32_t max)
+{
+    uint64_t v;
+    ssize_t r = read(dp->evfd, &v, sizeof(v));
+    (void)r;
+    uint32_t n = 0;
+    pthread_mutex_lock(&dp->ev_lock);
+    while (n < max && dp->ev_count) {
+        uint32_t at = dp->ev_head;
+        evs[n] = dp->ev[at];
+        uint32_t len = evs[n].len < stride ? evs[n].len : stride;
+        if (data && len)
+            memcpy(data + (size_t)n * stride, dp->ev_data + (size_t)at * dp->ev_stride, len);
+        evs[n].len = len;
+        dp->ev_head = (at + 1) % dp->ev_cap;
+        dp->ev_count--;
+        n++;
+    }
+    int more = dp->ev_count != 0;
+    pthread_mutex_unlock(&dp->ev_lock);
+    if (more) {
+        uint64_t one = 1;
+        ssize_t w = write(dp->evfd, &one, sizeof(one));
+        (void)w;
+    }
+    return n;
+}
+
+int wg_dp_eventfd(wg_dp *dp) { return dp->evfd; }
+
+void wg_want_handshake(wg_dp *dp, uint32_t peer, double now)
+{
+    if (now - dp->last_need_event[peer] < 1.0)
+        return;
+    dp->last_need_event[peer] = now;
+    dp->clocks.want_handshake[peer] = 1;
+    wg_ev_push(dp, WG_EV_NEED_HANDSHAKE, peer, 0, NULL, NULL, 0);
+}
+
+void wg_dp_set_fds(wg_dp *dp, int tun_fd, int udp4_fd, int udp6_fd)
+{
+    dp->tun_fd = tun_fd;
+    dp->udp4_fd = udp4_fd;
+    dp->udp6_fd = udp6_fd;
+}
+
+void wg_dp_stop(wg_dp *dp)
+{
+    __atomic_store_n(&dp->stop, 1, __ATOMIC_SEQ_CST);
+    uint64_t one = 1;
+    ssize_t w = write(dp->stop_fd, &one, sizeof(one));
+    (void)w;
+}

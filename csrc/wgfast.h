@@ -1,0 +1,200 @@
+/*
+ * wgfast.h -- the whole contract between the C data plane and the Python control plane.
+ *
+ * This file is read twice: by the C compiler (through csrc/wgfast_internal.h) and by cffi's
+ * cdef (csrc/build.py), so it holds only declarations cffi can parse: plain integer #defines,
+ * structs with fixed fields, and function prototypes.  No macros with expressions, no
+ * includes, no inline code.
+ *
+ * Time: every `now` and every per-peer stamp is CLOCK_MONOTONIC in seconds (a double), the
+ * same clock as Python's time.monotonic().  A stamp of 0 means "never".
+ */
+
+/* ---- sizes --------------------------------------------------------------------------- */
+#define WG_HEADROOM          16     /* transport header: type(4) receiver(4) counter(8) */
+#define WG_TAILROOM          32     /* up to 15 bytes of padding + 16-byte tag, rounded */
+#define WG_TAG_LEN           16
+#define WG_KEY_LEN           32
+#define WG_MAX_BATCH         128    /* the largest batch any entry point takes */
+#define WG_MSG_DATA          4      /* transport data message type */
+#define WG_MIN_DATA_LEN      32     /* header + tag: a keepalive */
+
+/* ---- per-slot status: 0 is fine, anything else is why the slot was dropped ----------- */
+#define WG_OK                0
+#define WG_DROP_SHORT        1      /* shorter than a transport message / than an IP header */
+#define WG_DROP_TYPE         2      /* not type 4 + three zero bytes */
+#define WG_DROP_NO_KEYPAIR   3      /* receiver index unknown */
+#define WG_DROP_EXPIRED      4      /* keypair older than REJECT_AFTER_TIME */
+#define WG_DROP_REPLAY       5      /* counter seen before or behind the window */
+#define WG_DROP_TAG          6      /* authentication failed */
+#define WG_DROP_COUNTER      7      /* counter >= REJECT_AFTER_MESSAGES */
+#define WG_DROP_NO_ROUTE     8      /* no peer owns the destination (send) */
+#define WG_DROP_NO_KEY       9      /* peer has no usable sending key: staged to Python */
+#define WG_DROP_ALLOWED_IPS  10     /* inner source is not one of the sending peer's allowed IPs */
+#define WG_DROP_BAD_INNER    11     /* decrypted payload is not an IPv4/IPv6 packet */
+#define WG_DROP_TOO_BIG      12     /* does not fit the slot / the MTU */
+#define WG_DROP_NO_ENDPOINT  13     /* peer has no endpoint yet */
+#define WG_DROP_IO           14     /* the socket or TUN write failed */
+#define WG_DROP_HANDSHAKE    15     /* a handshake message: handed to Python as an event */
+#define WG_DROP_EVENTS_FULL  16     /* the event ring to Python was full */
+#define WG_DROP_NREASONS     17
+
+/* ---- protocol limits the data plane enforces (whitepaper 6.1) ------------------------ */
+#define WG_REKEY_AFTER_MESSAGES   1152921504606846976ULL   /* 2^60 */
+#define WG_REJECT_AFTER_MESSAGES  18446744073709543423ULL  /* 2^64 - 2^13 - 1 */
+
+/* ---- addresses: an outer UDP endpoint ------------------------------------------------ */
+typedef struct {
+    uint16_t family;        /* 0 = none, 2 = AF_INET, 10 = AF_INET6 */
+    uint16_t port;          /* host byte order */
+    uint32_t scope_id;      /* IPv6 scope, else 0 */
+    uint8_t  addr[16];      /* IPv4 in the first 4 bytes */
+} wg_addr;                  /* 24 bytes, no padding: numpy sees it as a structured dtype */
+
+/* ---- the buffer ring (ring.c) -------------------------------------------------------- */
+/* One slab of nslots fixed-size slots.  A slot is
+ *     [0, HEADROOM)                     transport header
+ *     [HEADROOM, HEADROOM + data_cap)   the IP packet (plaintext)
+ *     [.., + TAILROOM)                  padding and tag
+ * A transport message therefore lives at offset 0 and its plaintext at offset HEADROOM: a
+ * packet is sealed and opened where it lies.  Metadata lives in parallel arrays, one entry
+ * per slot, so Python can see every array as a numpy array without copying. */
+typedef struct {
+    uint32_t  nslots;
+    uint32_t  slot_size;    /* HEADROOM + data_cap + TAILROOM, rounded up to 64 */
+    uint32_t  data_cap;     /* largest plaintext a slot holds */
+    uint32_t  _pad;
+    uint8_t  *slab;         /* nslots * slot_size bytes, 64-byte aligned */
+    uint32_t *len;          /* plaintext length before seal / message length after; see below */
+    uint32_t *peer;         /* peer id */
+    uint32_t *receiver;     /* receiver index (the local index for received messages) */
+    uint64_t *counter;      /* transport counter */
+    uint8_t  *status;       /* WG_OK or a WG_DROP_* reason */
+    wg_addr  *addr;         /* outer endpoint: destination when sending, source when received */
+} wg_ring;
+
+wg_ring  *wg_ring_new(uint32_t nslots, uint32_t data_cap);
+void      wg_ring_free(wg_ring *r);
+uint8_t  *wg_ring_slot(const wg_ring *r, uint32_t i);   /* start of slot i (the header) */
+
+/* ---- AEAD backends (aead.c) ----------------------------------------------------------- */
+#define WG_AEAD_SODIUM   0          /* libsodium exported by PyNaCl's nacl._sodium */
+#define WG_AEAD_OPENSSL  1          /* OpenSSL 3 libcrypto EVP chacha20-poly1305 */
+#define WG_AEAD_IPSECMB  2          /* Intel multi-buffer crypto (libIPSec_MB.so.1), if present */
+#define WG_AEAD_NBACKENDS 3
+
+/* Load backends.  sodium_path is the file of nacl._sodium.  Returns a bitmask of the backends
+ * that loaded (bit b = backend b).  Safe to call again; never fails hard. */
+int         wg_aead_init(const char *sodium_path);
+const char *wg_aead_name(int backend);
+int         wg_aead_available(int backend);
+int         wg_aead_select(int backend);    /* 0 on success, -1 if not available */
+int         wg_aead_selected(void);
+
+/* One message, in place, WireGuard nonce (4 zero bytes || LE64 counter), empty AAD.
+ * seal: buf[0..len) is encrypted and the tag written to buf[len..len+16).
+ * open: buf[0..len) is ciphertext followed by nothing; tag separate.  0 = ok, -1 = bad tag. */
+int wg_aead_seal(int backend, const uint8_t *key, uint64_t counter, uint8_t *buf, size_t len);
+int wg_aead_open(int backend, const uint8_t *key, uint64_t counter, uint8_t *buf, size_t len,
+                 const uint8_t *tag);
+/* The plain C loop a benchmark compares the batch layer with: seal buf in place n times. */
+void wg_aead_seal_loop(int backend, const uint8_t *key, uint8_t *buf, size_t len, uint32_t n);
+
+/* ---- replay window (replay.c): RFC 6479, 8192 bits, 8128 usable ----------------------- */
+#define WG_REPLAY_BITS     8192
+#define WG_REPLAY_WINDOW   8128     /* WG_REPLAY_BITS - 64 */
+typedef struct {
+    uint64_t greatest;              /* highest counter accepted + 1 (0 = nothing yet) */
+    uint64_t bits[128];
+} wg_replay;
+void wg_replay_reset(wg_replay *w);
+int  wg_replay_check(const wg_replay *w, uint64_t counter);   /* 1 = may be fresh */
+int  wg_replay_update(wg_replay *w, uint64_t counter);        /* 1 = accepted and recorded */
+
+/* ---- the data-plane state (dataplane.c, keypairs.c) ----------------------------------- */
+typedef struct wg_dp wg_dp;         /* opaque */
+
+/* Per-peer clocks and counters, each an array of max_peers entries that Python reads (and
+ * timers.py evaluates) in place as numpy arrays.  C stamps them once per batch. */
+typedef struct {
+    uint32_t  max_peers;
+    uint32_t  _pad;
+    double   *last_data_sent;       /* last transport data (non-keepalive) sent */
+    double   *last_data_recv;       /* last transport data (non-keepalive) received */
+    double   *last_auth_sent;       /* last authenticated packet sent (data, keepalive) */
+    double   *last_auth_recv;       /* last authenticated packet received (data, keepalive) */
+    double   *pending_data_sent;    /* first data sent since the last authenticated receive */
+    double   *pending_data_recv;    /* first data received since the last authenticated send */
+    uint64_t *tx_bytes;             /* UDP payload bytes sent to the peer */
+    uint64_t *rx_bytes;             /* UDP payload bytes received from the peer */
+    uint8_t  *want_handshake;       /* set by C when it raised WG_EV_NEED_HANDSHAKE */
+    uint8_t  *active;               /* 1 = the slot holds a configured peer */
+} wg_peer_clocks;
+
+wg_dp          *wg_dp_new(uint32_t max_peers, uint32_t max_keypairs, uint32_t mtu);
+void            wg_dp_free(wg_dp *dp);
+wg_peer_clocks *wg_dp_clocks(wg_dp *dp);
+uint64_t       *wg_dp_drops(wg_dp *dp);                 /* WG_DROP_NREASONS counters */
+void            wg_dp_set_mtu(wg_dp *dp, uint32_t mtu);
+
+/* Peers.  Python allocates ids in [0, max_peers). */
+int  wg_peer_add(wg_dp *dp, uint32_t peer);             /* clears the peer's state, marks active */
+int  wg_peer_remove(wg_dp *dp, uint32_t peer);          /* drops its keypairs, allowed IPs, endpoint */
+int  wg_peer_set_endpoint(wg_dp *dp, uint32_t peer, const wg_addr *a);
+int  wg_peer_get_endpoint(wg_dp *dp, uint32_t peer, wg_addr *out);
+void wg_peer_add_bytes(wg_dp *dp, uint32_t peer, uint64_t tx, uint64_t rx);   /* handshake bytes */
+
+/* Keypairs (keypairs.c), found by local (receiver) index.  make_current = 1 makes it the
+ * peer's sending keypair at once (the initiator); 0 leaves it "next" until the first data
+ * message arrives under it (the responder), when C promotes it and raises WG_EV_CONFIRMED. */
+int  wg_keypair_install(wg_dp *dp, uint32_t peer, uint32_t local_index, uint32_t remote_index,
+                        const uint8_t *send_key, const uint8_t *recv_key, double created,
+                        int initiator, int make_current);
+int  wg_keypair_remove(wg_dp *dp, uint32_t local_index);   /* wipes the keys */
+int  wg_keypair_set_counter(wg_dp *dp, uint32_t local_index, uint64_t next_send); /* tests */
+int  wg_keypair_current(wg_dp *dp, uint32_t peer, uint32_t *local_index);  /* 0 = has one */
+
+/* Transport messages in place (aead.c over keypairs.c).
+ * seal: slot i holds len[i] bytes of plaintext at HEADROOM for peer[i]; it is padded to a
+ *   multiple of 16 (never beyond the MTU), given the header and sealed under the peer's current
+ *   keypair.  Afterwards len[i] is the whole message length, receiver[i]/counter[i] are set,
+ *   addr[i] is the peer's endpoint, status[i] WG_OK or a drop reason.
+ * open: slot i holds a len[i]-byte message at 0.  Afterwards, for WG_OK, the plaintext (still
+ *   padded) is at HEADROOM with len[i] its length, peer[i] and counter[i] set.
+ * Both return the number of slots left WG_OK and count drops in wg_dp_drops. */
+uint32_t wg_seal_batch(wg_dp *dp, wg_ring *r, uint32_t first, uint32_t n, double now);
+uint32_t wg_open_batch(wg_dp *dp, wg_ring *r, uint32_t first, uint32_t n, double now);
+
+/* ---- allowed IPs (allowedips.c): longest-prefix match, IPv4 and IPv6 ------------------ */
+int  wg_aip_insert(wg_dp *dp, int family, const uint8_t *addr, uint8_t cidr, uint32_t peer);
+int  wg_aip_remove(wg_dp *dp, int family, const uint8_t *addr, uint8_t cidr);
+void wg_aip_remove_peer(wg_dp *dp, uint32_t peer);
+int  wg_aip_lookup(wg_dp *dp, int family, const uint8_t *addr);   /* peer id or -1 */
+
+/* ---- events to Python (dataplane.c) --------------------------------------------------- */
+#define WG_EV_HANDSHAKE       1     /* a message of type 1-3 arrived: data = it, addr = source */
+#define WG_EV_STAGE           2     /* a packet for a peer without a usable key: data = packet */
+#define WG_EV_NEED_HANDSHAKE  3     /* the peer needs a (re)handshake */
+#define WG_EV_CONFIRMED       4     /* receiver = local index of a keypair C just made current */
+typedef struct {
+    uint32_t type;
+    uint32_t peer;
+    uint32_t receiver;
+    uint32_t len;
+    wg_addr  addr;
+} wg_event;
+int      wg_dp_eventfd(wg_dp *dp);                     /* readable when events are waiting */
+/* Pop up to max events; data for event k is copied to data + k * stride (cut to stride). */
+uint32_t wg_events_pop(wg_dp *dp, wg_event *evs, uint8_t *data, uint32_t stride, uint32_t max);
+
+/* ---- the I/O loops (send.c, receive.c) ------------------------------------------------ */
+/* Python opens the descriptors; C only reads and writes them.  -1 = none. */
+void wg_dp_set_fds(wg_dp *dp, int tun_fd, int udp4_fd, int udp6_fd);
+/* Each loop runs until wg_dp_stop; call it from a Python thread (cffi releases the GIL). */
+int  wg_run_send(wg_dp *dp);        /* TUN -> allowed IPs -> seal -> UDP */
+int  wg_run_receive(wg_dp *dp, int udp_fd);   /* UDP -> open -> replay -> allowed IPs -> TUN */
+void wg_dp_stop(wg_dp *dp);
+/* Seal and send one plaintext packet (len 0 = keepalive) to a peer now: staged packets and
+ * keepalives from the control plane.  Returns WG_OK or a drop reason. */
+int  wg_send_packet(wg_dp *dp, uint32_t peer, const uint8_t *pkt, uint32_t len, double now);
+double wg_now(void);                /* CLOCK_MONOTONIC seconds */

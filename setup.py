@@ -1,0 +1,22 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="wgfast",
+    version="0.1.0",
+    description="Userspace WireGuard for Linux: Python control plane, batched C data plane",
+    python_requires=">=3.11",
+    packages=find_packages(include=["wgfast", "wgfast.*"]),
+    setup_requires=["cffi>=1.15"],
+    cffi_modules=["csrc/build.py:ffibuilder"],
+    install_requires=["cffi>=1.15", "pynacl>=1.5", "numpy>=1.24"],
+    extras_require={
+        "test": ["pytest>=7", "pytest-benchmark>=4", "hypothesis>=6", "ruff"],
+        "bench": ["matplotlib>=3.6"],
+    },
+    entry_points={
+        "console_scripts": [
+            "wgfast=wgfast.cli:main",
+            "wgfast-daemon=wgfast.daemon:main",
+        ]
+    },
+)
