@@ -1,3 +1,206 @@
-/* receive.c -- TODO(daemon): UDP -> open -> TUN. */
-#include "wgfast_internal.h"
-int wg_run_receive(wg_dp *dp, int fd) { (void)dp; (void)fd; return 0; }
+/*
+ * receive.c -- the inbound flow, run to completion by one thread per UDP socket:
+ *
+ *   1. wait until the socket is readable, then recvmmsg up to WG_IO_BATCH datagrams, each into
+ *      a ring slot at offset 0, with its source address;
+ *   2. handshake messages (types 1-3) go to Python as WG_EV_HANDSHAKE events; anything that is
+ *      not a plausible transport message is a counted drop;
+ *   3. wg_open_batch looks each transport message's receiver index up, pre-checks the replay
+ *      window, opens it in place (plaintext at HEADROOM) and then records its counter;
+ *   4. under the configuration lock, each plaintext is checked: empty = keepalive, otherwise an
+ *      IPv4/IPv6 packet whose length fits and whose source address the allowed-IPs trie maps
+ *      back to the peer that sent it (else WG_DROP_ALLOWED_IPS);
+ *   5. per peer, once per batch: clocks and byte counters stamped, the endpoint moved to the
+ *      newest authenticated source (roaming), a rekey requested when our keypair is old;
+ *   6. the surviving packets are written to the TUN, one write each.
+ */
+#include "io.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+struct rxbatch {
+    struct mmsghdr msgs[WG_IO_BATCH];
+    struct iovec iov[WG_IO_BATCH];
+    struct sockaddr_storage src[WG_IO_BATCH];
+};
+
+/* Length of the IP packet at p per its own header, or 0 if it is not one that fits in len. */
+static uint32_t inner_len(const uint8_t *p, uint32_t len, int *family, const uint8_t **src)
+{
+    if (len >= 20 && (p[0] >> 4) == 4) {
+        uint32_t tot = (uint32_t)p[2] << 8 | p[3];
+        if (tot < 20 || tot > len)
+            return 0;
+        *family = AF_INET;
+        *src = p + 12;
+        return tot;
+    }
+    if (len >= 40 && (p[0] >> 4) == 6) {
+        uint32_t tot = 40 + ((uint32_t)p[4] << 8 | p[5]);
+        if (tot > len)
+            return 0;
+        *family = AF_INET6;
+        *src = p + 8;
+        return tot;
+    }
+    return 0;
+}
+
+/* Steps 4 and 5 for slots [0, n) after wg_open_batch. */
+static void check_and_stamp(wg_dp *dp, wg_ring *r, uint32_t n, double now)
+{
+    wg_peer_clocks *c = &dp->clocks;
+    uint32_t roam_peer[WG_IO_BATCH];
+    wg_addr roam_addr[WG_IO_BATCH];
+    uint32_t nroam = 0;
+
+    pthread_rwlock_rdlock(&dp->lock);
+    for (uint32_t i = 0; i < n; i++) {
+        if (r->status[i] != WG_OK)
+            continue;
+        uint32_t peer = r->peer[i];
+        uint32_t msglen = r->len[i] + WG_MIN_DATA_LEN;
+        int data = r->len[i] != 0;
+        if (data) {
+            int fam;
+            const uint8_t *src = NULL;
+            uint8_t *p = wg_ring_slot(r, i) + WG_HEADROOM;
+            uint32_t ilen = inner_len(p, r->len[i], &fam, &src);
+            if (!ilen) {
+                r->status[i] = WG_DROP_BAD_INNER;
+                wg_drop(dp, WG_DROP_BAD_INNER, 1);
+            } else if (wg_aip_lookup_nolock(fam == AF_INET ? dp->aip4 : dp->aip6, fam, src) !=
+                       (int)peer) {
+                r->status[i] = WG_DROP_ALLOWED_IPS;
+                wg_drop(dp, WG_DROP_ALLOWED_IPS, 1);
+            } else {
+                r->len[i] = ilen;   /* the padding stays behind */
+            }
+        }
+        /* Authenticated, even if its payload was refused: it counts for the timers. */
+        c->last_auth_recv[peer] = now;
+        c->pending_data_sent[peer] = 0;
+        if (data) {
+            c->last_data_recv[peer] = now;
+            if (c->pending_data_recv[peer] == 0)
+                c->pending_data_recv[peer] = now;
+        }
+        __atomic_fetch_add(&c->rx_bytes[peer], msglen, __ATOMIC_RELAXED);
+
+        /* Roaming: remember the last source per peer in this batch. */
+        uint32_t k = 0;
+        while (k < nroam && roam_peer[k] != peer)
+            k++;
+        if (k == nroam) {
+            roam_peer[nroam++] = peer;
+        }
+        roam_addr[k] = r->addr[i];
+
+        /* Receiving on a keypair we initiated that is nearly too old: rekey now (6.2). */
+        const struct wg_keypair *kp = wg_kp_current(dp, peer);
+        if (data && kp && kp->initiator &&
+            now - kp->created >= WG_REJECT_AFTER_TIME - WG_KEEPALIVE_TIMEOUT - WG_REKEY_TIMEOUT)
+            wg_want_handshake(dp, peer, now);
+    }
+    int moved = 0;
+    for (uint32_t k = 0; k < nroam; k++)
+        if (!wg_addr_equal(&dp->endpoints[roam_peer[k]], &roam_addr[k]))
+            moved = 1;
+    pthread_rwlock_unlock(&dp->lock);
+
+    if (moved) {
+        pthread_rwlock_wrlock(&dp->lock);
+        for (uint32_t k = 0; k < nroam; k++)
+            if (dp->clocks.active[roam_peer[k]])
+                dp->endpoints[roam_peer[k]] = roam_addr[k];
+        pthread_rwlock_unlock(&dp->lock);
+    }
+}
+
+static void deliver(wg_dp *dp, wg_ring *r, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        if (r->status[i] != WG_OK || r->len[i] == 0)
+            continue;
+        ssize_t w;
+        do {
+            w = write(dp->tun_fd, wg_ring_slot(r, i) + WG_HEADROOM, r->len[i]);
+        } while (w < 0 && errno == EINTR);
+        if (w < 0)
+            wg_drop(dp, WG_DROP_IO, 1);
+    }
+}
+
+int wg_run_receive(wg_dp *dp, int udp_fd)
+{
+    /* A slot takes the largest transport message the MTU allows, plus room to spot larger. */
+    uint32_t cap = (dp->mtu > 1500 ? dp->mtu : 1500) + 64;
+    wg_ring *r = wg_ring_new(WG_IO_BATCH, cap);
+    struct rxbatch *rb = calloc(1, sizeof(*rb));
+    if (!r || !rb) {
+        wg_ring_free(r);
+        free(rb);
+        return -ENOMEM;
+    }
+    uint32_t msg_cap = cap + WG_HEADROOM;   /* message = header + plaintext + tag */
+    for (uint32_t i = 0; i < WG_IO_BATCH; i++) {
+        rb->iov[i].iov_base = wg_ring_slot(r, i);
+        rb->iov[i].iov_len = msg_cap;
+    }
+    int fails = 0;
+    while (wg_wait_readable(dp, udp_fd)) {
+        for (uint32_t i = 0; i < WG_IO_BATCH; i++) {
+            struct msghdr *h = &rb->msgs[i].msg_hdr;
+            memset(h, 0, sizeof(*h));
+            h->msg_iov = &rb->iov[i];
+            h->msg_iovlen = 1;
+            h->msg_name = &rb->src[i];
+            h->msg_namelen = sizeof(rb->src[i]);
+        }
+        int got = recvmmsg(udp_fd, rb->msgs, WG_IO_BATCH, MSG_DONTWAIT, NULL);
+        if (got <= 0) {
+            if (got < 0 && errno != EAGAIN && errno != EINTR && ++fails > 1000)
+                break;
+            continue;
+        }
+        fails = 0;
+        uint32_t n = (uint32_t)got;
+        double now = wg_now();
+
+        /* Step 2: sort handshake messages out; runs of transport messages are opened. */
+        for (uint32_t i = 0; i < n; i++) {
+            uint8_t *m = wg_ring_slot(r, i);
+            uint32_t len = rb->msgs[i].msg_len;
+            wg_addr_from_sockaddr(&r->addr[i], &rb->src[i]);
+            r->len[i] = len;
+            r->status[i] = WG_OK;
+            if (rb->msgs[i].msg_hdr.msg_flags & MSG_TRUNC) {
+                r->status[i] = WG_DROP_TOO_BIG;
+                wg_drop(dp, WG_DROP_TOO_BIG, 1);
+            } else if (len >= 4 && m[0] >= 1 && m[0] <= 3 && !m[1] && !m[2] && !m[3]) {
+                r->status[i] = WG_DROP_HANDSHAKE;
+                wg_ev_push(dp, WG_EV_HANDSHAKE, 0, 0, &r->addr[i], m, len);
+            }
+        }
+        uint32_t i = 0;
+        while (i < n) {
+            if (r->status[i] != WG_OK) {
+                i++;
+                continue;
+            }
+            uint32_t j = i;
+            while (j < n && r->status[j] == WG_OK)
+                j++;
+            wg_open_batch(dp, r, i, j - i, now);
+            i = j;
+        }
+        check_and_stamp(dp, r, n, now);
+        deliver(dp, r, n);
+    }
+    wg_ring_free(r);
+    free(rb);
+    return 0;
+}

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 import nacl._sodium as _sodium
+import numpy as np
 
 from wgfast._native import ffi, lib
 
@@ -24,3 +23,181 @@ def init_aead() -> int:
     if _backends_mask is None:
         _backends_mask = lib.wg_aead_init(_sodium.__file__.encode())
     return _backends_mask
+
+
+# ---- the data-plane handle the device drives -------------------------------------------------
+
+Endpoint = tuple[str, int]          # (address, port); IPv6 scope as "fe80::1%eth0"
+
+
+def addr_to_c(endpoint: Endpoint | None, out: object) -> None:
+    """Fill a wg_addr from (host, port); None clears it."""
+    import ipaddress
+    import socket
+
+    ffi.memset(out, 0, ffi.sizeof("wg_addr"))
+    if endpoint is None:
+        return
+    host, port = endpoint
+    scope = 0
+    if "%" in host:
+        host, _, zone = host.partition("%")
+        scope = int(zone) if zone.isdigit() else socket.if_nametoindex(zone)
+    ip = ipaddress.ip_address(host)
+    out.family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
+    out.port = port
+    out.scope_id = scope
+    packed = ip.packed
+    ffi.memmove(out.addr, packed, len(packed))
+
+
+def addr_from_c(a: object) -> Endpoint | None:
+    import ipaddress
+    import socket
+
+    if a.family == socket.AF_INET:
+        return (str(ipaddress.IPv4Address(bytes(a.addr[0:4]))), int(a.port))
+    if a.family == socket.AF_INET6:
+        host = str(ipaddress.IPv6Address(bytes(a.addr[0:16])))
+        if a.scope_id:
+            host = f"{host}%{a.scope_id}"
+        return (host, int(a.port))
+    return None
+
+
+def _view(ptr: object, n: int, dtype: str | np.dtype) -> np.ndarray:
+    dt = np.dtype(dtype)
+    return np.frombuffer(ffi.buffer(ptr, n * dt.itemsize), dtype=dt)
+
+
+class DataPlane:
+    """One wg_dp: peers' keys, endpoints, allowed IPs and clocks on the C side, and the I/O
+    threads that run inside C with the GIL released."""
+
+    CLOCK_FIELDS = (
+        "last_data_sent", "last_data_recv", "last_auth_sent", "last_auth_recv",
+        "pending_data_sent", "pending_data_recv",
+    )
+
+    def __init__(self, max_peers: int = 1024, max_keypairs: int = 0, mtu: int = 1420) -> None:
+        init_aead()
+        if max_keypairs <= 0:
+            max_keypairs = max_peers * 3 + 16
+        dp = lib.wg_dp_new(max_peers, max_keypairs, mtu)
+        if dp == ffi.NULL:
+            raise MemoryError("wg_dp_new failed")
+        self._dp = ffi.gc(dp, lib.wg_dp_free)
+        self.max_peers = max_peers
+        c = lib.wg_dp_clocks(self._dp)
+        self.clocks = {f: _view(getattr(c, f), max_peers, "<f8") for f in self.CLOCK_FIELDS}
+        self.tx_bytes = _view(c.tx_bytes, max_peers, "<u8")
+        self.rx_bytes = _view(c.rx_bytes, max_peers, "<u8")
+        self.want_handshake = _view(c.want_handshake, max_peers, "u1")
+        self.active = _view(c.active, max_peers, "u1")
+        self.drops = _view(lib.wg_dp_drops(self._dp), lib.WG_DROP_NREASONS, "<u8")
+        self._addr = ffi.new("wg_addr *")
+        self._threads: list[object] = []
+        self._ev_max = 256
+        self._evs = ffi.new("wg_event[]", self._ev_max)
+        self._ev_stride = 65536 + 64
+        self._ev_data = ffi.new("uint8_t[]", self._ev_max * self._ev_stride)
+
+    @property
+    def handle(self) -> object:
+        return self._dp
+
+    def set_mtu(self, mtu: int) -> None:
+        lib.wg_dp_set_mtu(self._dp, mtu)
+
+    # peers
+    def peer_add(self, peer: int) -> None:
+        if lib.wg_peer_add(self._dp, peer) != 0:
+            raise ValueError(f"peer id {peer} out of range")
+
+    def peer_remove(self, peer: int) -> None:
+        lib.wg_peer_remove(self._dp, peer)
+
+    def set_endpoint(self, peer: int, endpoint: Endpoint | None) -> None:
+        addr_to_c(endpoint, self._addr)
+        lib.wg_peer_set_endpoint(self._dp, peer, self._addr)
+
+    def get_endpoint(self, peer: int) -> Endpoint | None:
+        lib.wg_peer_get_endpoint(self._dp, peer, self._addr)
+        return addr_from_c(self._addr)
+
+    def add_bytes(self, peer: int, tx: int = 0, rx: int = 0) -> None:
+        lib.wg_peer_add_bytes(self._dp, peer, tx, rx)
+
+    # keypairs
+    def keypair_install(self, peer: int, local_index: int, remote_index: int, send_key: bytes,
+                        recv_key: bytes, created: float, initiator: bool, current: bool) -> None:
+        r = lib.wg_keypair_install(self._dp, peer, local_index, remote_index, send_key, recv_key,
+                                   created, int(initiator), int(current))
+        if r != 0:
+            raise OSError(-r, f"wg_keypair_install failed ({r})")
+
+    def keypair_remove(self, local_index: int) -> None:
+        lib.wg_keypair_remove(self._dp, local_index)
+
+    def keypair_current(self, peer: int) -> int | None:
+        out = ffi.new("uint32_t *")
+        return int(out[0]) if lib.wg_keypair_current(self._dp, peer, out) == 0 else None
+
+    # allowed IPs
+    def aip_insert(self, peer: int, network: object) -> None:
+        fam = 2 if network.version == 4 else 10
+        r = lib.wg_aip_insert(self._dp, fam, network.network_address.packed, network.prefixlen,
+                              peer)
+        if r != 0:
+            raise OSError(-r, f"wg_aip_insert failed ({r})")
+
+    def aip_remove(self, network: object) -> None:
+        fam = 2 if network.version == 4 else 10
+        lib.wg_aip_remove(self._dp, fam, network.network_address.packed, network.prefixlen)
+
+    def aip_remove_peer(self, peer: int) -> None:
+        lib.wg_aip_remove_peer(self._dp, peer)
+
+    def aip_lookup(self, address: object) -> int | None:
+        fam = 2 if address.version == 4 else 10
+        r = lib.wg_aip_lookup(self._dp, fam, address.packed)
+        return None if r < 0 else int(r)
+
+    # events
+    def eventfd(self) -> int:
+        return int(lib.wg_dp_eventfd(self._dp))
+
+    def pop_events(self) -> list[tuple[int, int, int, Endpoint | None, bytes]]:
+        out = []
+        while True:
+            n = lib.wg_events_pop(self._dp, self._evs, self._ev_data, self._ev_stride,
+                                  self._ev_max)
+            for k in range(n):
+                e = self._evs[k]
+                data = bytes(ffi.buffer(self._ev_data + k * self._ev_stride, e.len))
+                out.append((int(e.type), int(e.peer), int(e.receiver), addr_from_c(e.addr),
+                            data))
+            if n < self._ev_max:
+                return out
+
+    # I/O
+    def send_packet(self, peer: int, packet: bytes, now: float) -> int:
+        return int(lib.wg_send_packet(self._dp, peer, packet, len(packet), now))
+
+    def start(self, tun_fd: int, udp4_fd: int, udp6_fd: int) -> None:
+        """Start the send thread and one receive thread per socket (-1 = no such socket)."""
+        import threading
+
+        lib.wg_dp_set_fds(self._dp, tun_fd, udp4_fd, udp6_fd)
+        targets: list[tuple[object, tuple[object, ...]]] = [(lib.wg_run_send, (self._dp,))]
+        targets += [(lib.wg_run_receive, (self._dp, fd)) for fd in (udp4_fd, udp6_fd) if fd >= 0]
+        for fn, args in targets:
+            t = threading.Thread(target=fn, args=args, daemon=True, name="wgfast-dataplane")
+            t.start()
+            self._threads.append(t)
+
+    def stop(self) -> None:
+        lib.wg_dp_stop(self._dp)
+        for t in self._threads:
+            t.join(timeout=5)
+        self._threads.clear()
