@@ -291,3 +291,11 @@ void wg_dp_stop(wg_dp *dp)
     ssize_t w = write(dp->stop_fd, &one, sizeof(one));
     (void)w;
 }
+
+void wg_dp_resume(wg_dp *dp)
+{
+    uint64_t v;
+    ssize_t r = read(dp->stop_fd, &v, sizeof(v));
+    (void)r;
+    __atomic_store_n(&dp->stop, 0, __ATOMIC_SEQ_CST);
+}

@@ -194,6 +194,7 @@ void wg_dp_set_fds(wg_dp *dp, int tun_fd, int udp4_fd, int udp6_fd);
 int  wg_run_send(wg_dp *dp);        /* TUN -> allowed IPs -> seal -> UDP */
 int  wg_run_receive(wg_dp *dp, int udp_fd);   /* UDP -> open -> replay -> allowed IPs -> TUN */
 void wg_dp_stop(wg_dp *dp);
+void wg_dp_resume(wg_dp *dp);      /* after wg_dp_stop and the loops returned: allow new loops */
 /* Seal and send one plaintext packet (len 0 = keepalive) to a peer now: staged packets and
  * keepalives from the control plane.  Returns WG_OK or a drop reason. */
 int  wg_send_packet(wg_dp *dp, uint32_t peer, const uint8_t *pkt, uint32_t len, double now);

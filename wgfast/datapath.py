@@ -201,3 +201,4 @@ class DataPlane:
         for t in self._threads:
             t.join(timeout=5)
         self._threads.clear()
+        lib.wg_dp_resume(self._dp)

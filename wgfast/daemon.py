@@ -1,0 +1,128 @@
+"""wgfast-daemon: the wireguard-go compatible command line.
+
+    wgfast-daemon [-f|--foreground] INTERFACE
+
+It creates the TUN interface INTERFACE and the UAPI socket /var/run/wireguard/INTERFACE.sock,
+then runs the tunnel until SIGINT/SIGTERM or until the interface is deleted.  Without -f (and
+without WG_PROCESS_FOREGROUND=1) it detaches, and the parent exits only once the interface and
+the socket are ready, so `wg-quick` can configure it the moment the command returns.  LOG_LEVEL
+is verbose (or debug), error, or silent, as for wireguard-go.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+
+from wgfast import __version__
+
+USAGE = "Usage: wgfast-daemon [-f/--foreground] INTERFACE-NAME"
+
+
+def _log_level() -> int:
+    level = os.environ.get("LOG_LEVEL", "error").lower()
+    return {
+        "verbose": logging.DEBUG,
+        "debug": logging.DEBUG,
+        "error": logging.ERROR,
+        "silent": logging.CRITICAL + 10,
+    }.get(level, logging.ERROR)
+
+
+def _parse(argv: list[str]) -> tuple[bool, str] | None:
+    foreground = False
+    names = []
+    for a in argv:
+        if a in ("-f", "--foreground"):
+            foreground = True
+        elif a.startswith("-"):
+            return None
+        else:
+            names.append(a)
+    if len(names) != 1:
+        return None
+    if os.environ.get("WG_PROCESS_FOREGROUND") == "1":
+        foreground = True
+    return foreground, names[0]
+
+
+def _run(name: str, ready_fd: int | None) -> int:
+    from wgfast.device import Device, DeviceError
+
+    log = logging.getLogger("wgfast")
+    try:
+        dev = Device(name)
+        dev.open()
+    except (DeviceError, OSError) as e:
+        log.error("cannot start %s: %s", name, e)
+        if ready_fd is not None:
+            os.write(ready_fd, f"E{e}".encode())
+            os.close(ready_fd)
+        else:
+            print(f"wgfast-daemon: {e}", file=sys.stderr)
+        return 1
+    if ready_fd is not None:
+        os.write(ready_fd, b"K")
+        os.close(ready_fd)
+    log.info("interface %s is up", dev.name)
+    try:
+        dev.run_forever(stop_signals=(signal.SIGINT, signal.SIGTERM))
+    finally:
+        dev.close()
+    log.info("interface %s shut down", name)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv in (["--version"], ["-v"]):
+        print(f"wgfast-daemon v{__version__}\n\nUserspace WireGuard daemon for Linux "
+              "(Python control plane, C data plane).")
+        return 0
+    parsed = _parse(argv)
+    if parsed is None:
+        print(USAGE, file=sys.stderr)
+        return 2
+    foreground, name = parsed
+    if os.geteuid() != 0:
+        print("wgfast-daemon: must run as root (it creates a TUN interface)", file=sys.stderr)
+        return 1
+    logging.basicConfig(
+        level=_log_level(),
+        format=f"%(levelname)s: ({name}) %(asctime)s %(message)s",
+        stream=sys.stderr,
+    )
+    if foreground:
+        return _run(name, None)
+
+    # Detach before anything starts a thread: fork, new session, and the parent waits for the
+    # child to report that the interface and the UAPI socket exist.
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid > 0:
+        os.close(w)
+        msg = b""
+        while True:
+            chunk = os.read(r, 4096)
+            if not chunk:
+                break
+            msg += chunk
+        if msg.startswith(b"K"):
+            return 0
+        err = msg[1:].decode(errors="replace") or "the daemon exited during start-up"
+        print(f"wgfast-daemon: {err}", file=sys.stderr)
+        return 1
+    os.close(r)
+    os.setsid()
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.dup2(devnull, 1)
+    if _log_level() > logging.ERROR:
+        os.dup2(devnull, 2)
+    os._exit(_run(name, w))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
