@@ -97,7 +97,14 @@ int         wg_aead_selected(void);
 int wg_aead_seal(int backend, const uint8_t *key, uint64_t counter, uint8_t *buf, size_t len);
 int wg_aead_open(int backend, const uint8_t *key, uint64_t counter, uint8_t *buf, size_t len,
                  const uint8_t *tag);
-/* The plain C loop a benchmark compares the batch layer with: seal buf in place n times. */
+/* General single message (tests: RFC 8439 and Wycheproof vectors): 12-byte nonce, any AAD,
+ * buf sealed/opened in place, tag separate.  0 = ok, -1 = bad tag or backend unavailable. */
+int wg_aead_seal_raw(int backend, const uint8_t *key, const uint8_t *nonce, const uint8_t *aad,
+                     size_t aadlen, uint8_t *buf, size_t len, uint8_t *tag);
+int wg_aead_open_raw(int backend, const uint8_t *key, const uint8_t *nonce, const uint8_t *aad,
+                     size_t aadlen, uint8_t *buf, size_t len, const uint8_t *tag);
+/* The plain C loop a benchmark compares the batch layer with: seal buf in place n times
+ * (counters 0..n-1, one key setup), tag at buf[len..len+16). */
 void wg_aead_seal_loop(int backend, const uint8_t *key, uint8_t *buf, size_t len, uint32_t n);
 
 /* ---- replay window (replay.c): RFC 6479, 8192 bits, 8128 usable ----------------------- */

@@ -22,7 +22,8 @@ struct wg_keypair {
     uint32_t peer;
     uint8_t  in_use;
     uint8_t  initiator;
-    uint8_t  _pad[2];
+    uint8_t  pending;                /* "next": not yet current, promoted on first receive */
+    uint8_t  _pad;
     double   created;
     uint64_t send_counter;           /* next counter to send under this keypair */
     uint8_t  send_key[WG_KEY_LEN];
