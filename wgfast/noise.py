@@ -125,24 +125,27 @@ def _nonce(counter: int) -> bytes:
 
 
 def aead_encrypt(key: bytes, counter: int, plaintext: bytes, aad: bytes) -> bytes:
-    return _nb.crypto_aead_chacha20poly1305_ietf_encrypt(plaintext, aad, _nonce(counter), key)
+    return _nb.crypto_aead_chacha20poly1305_ietf_encrypt(bytes(plaintext), bytes(aad),
+                                                         _nonce(counter), bytes(key))
 
 
 def aead_decrypt(key: bytes, counter: int, ciphertext: bytes, aad: bytes) -> bytes:
     try:
-        return _nb.crypto_aead_chacha20poly1305_ietf_decrypt(ciphertext, aad, _nonce(counter),
-                                                              key)
+        return _nb.crypto_aead_chacha20poly1305_ietf_decrypt(bytes(ciphertext), bytes(aad),
+                                                              _nonce(counter), bytes(key))
     except (_nexc.CryptoError, _nexc.ValueError, _nexc.TypeError):
         raise HandshakeError("bad-tag") from None
 
 
 def xaead_encrypt(key: bytes, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
-    return _nb.crypto_aead_xchacha20poly1305_ietf_encrypt(plaintext, aad, nonce, key)
+    return _nb.crypto_aead_xchacha20poly1305_ietf_encrypt(bytes(plaintext), bytes(aad),
+                                                          bytes(nonce), bytes(key))
 
 
 def xaead_decrypt(key: bytes, nonce: bytes, ciphertext: bytes, aad: bytes) -> bytes:
     try:
-        return _nb.crypto_aead_xchacha20poly1305_ietf_decrypt(ciphertext, aad, nonce, key)
+        return _nb.crypto_aead_xchacha20poly1305_ietf_decrypt(bytes(ciphertext), bytes(aad),
+                                                               bytes(nonce), bytes(key))
     except (_nexc.CryptoError, _nexc.ValueError, _nexc.TypeError):
         raise HandshakeError("bad-tag") from None
 
@@ -180,7 +183,7 @@ class SymmetricState:
         return SymmetricState(self.ck, self.h, self.k, self.n)
 
     def mix_hash(self, data: bytes) -> None:
-        self.h = hash_(self.h, data)
+        self.h = hash_(self.h, bytes(data))
 
     def mix_key(self, ikm: bytes | bytearray) -> None:
         self.ck, self.k = kdf2(self.ck, bytes(ikm))
