@@ -1,7 +1,8 @@
 """Allowed-IPs lookup speed: the C trie with 1k and 100k prefixes, IPv4 and IPv6.
 
-Lookups run in batches through wg_aip_lookup_batch (one read lock per batch, as the data plane
-does).  The baseline, measured in the same run, is the same batch against an empty trie: the
+Lookups run in batches through wg_aip_lookup_batch (one read lock per batch, 8 walks interleaved
+with prefetch so cache misses overlap; the data plane takes one lock per batch too).
+The baseline, measured in the same run, is the same batch against an empty trie: the
 fixed cost of the call and the loop.  Run with pytest (pytest-benchmark) or as a script:
 
     python3 -m pytest bench/bench_allowedips.py --benchmark-only
@@ -75,13 +76,17 @@ def test_lookup_batch(benchmark, fam: int, nprefixes: int) -> None:
         s.close()
 
 
-def _rate(s: Setup, seconds: float = 0.5) -> float:
+def _rate(s: Setup, windows: int = 5, seconds: float = 0.2) -> float:
+    """Best of several short windows: the machine is shared, the best is the least disturbed."""
     s.run()
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        s.run()
-        n += 1
-    return n * BATCH / (time.perf_counter() - t0)
+    best = 0.0
+    for _ in range(windows):
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            s.run()
+            n += 1
+        best = max(best, n * BATCH / (time.perf_counter() - t0))
+    return best
 
 
 def main() -> None:
