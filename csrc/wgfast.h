@@ -177,6 +177,16 @@ int  wg_aip_insert(wg_dp *dp, int family, const uint8_t *addr, uint8_t cidr, uin
 int  wg_aip_remove(wg_dp *dp, int family, const uint8_t *addr, uint8_t cidr);
 void wg_aip_remove_peer(wg_dp *dp, uint32_t peer);
 int  wg_aip_lookup(wg_dp *dp, int family, const uint8_t *addr);   /* peer id or -1 */
+/* Insert masks addr to cidr; an existing prefix moves to the new peer.  -EINVAL for a bad
+ * family (2 or 10), cidr (> 32 / > 128) or peer; remove gives -ENOENT for an unknown prefix. */
+/* n lookups under one read lock: addrs[i * stride ..] -> out[i] (peer id or -1). */
+void wg_aip_lookup_batch(wg_dp *dp, int family, const uint8_t *addrs, uint32_t stride,
+                         uint32_t n, int32_t *out);
+/* The prefixes of one peer (peer = 0xFFFFFFFF: every peer): addresses packed 4 or 16 bytes
+ * each into addrs, cidrs into cidrs, at most max of them; returns how many there are. */
+int  wg_aip_list(wg_dp *dp, int family, uint32_t peer, uint8_t *addrs, uint8_t *cidrs,
+                 uint32_t max);
+uint32_t wg_aip_nodes(wg_dp *dp, int family);   /* trie nodes allocated (tests: no leaks) */
 
 /* ---- events to Python (dataplane.c) --------------------------------------------------- */
 #define WG_EV_HANDSHAKE       1     /* a message of type 1-3 arrived: data = it, addr = source */

@@ -1,0 +1,172 @@
+"""wgfast.tun: a real TUN device inside a network namespace of our own (h3tst*), end to end:
+the kernel's ICMP echo request is read from the descriptor and our reply makes ping succeed."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import select
+import shutil
+import struct
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from wgfast.tun import Tun, TunError
+
+NS = "h3tst0"
+CLONE_NEWNET = 0x40000000
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or not os.path.exists("/dev/net/tun") or shutil.which("ip") is None,
+    reason="needs root, /dev/net/tun and iproute2")
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(list(args), capture_output=True, text=True, timeout=20, check=check)
+
+
+@contextlib.contextmanager
+def in_netns(name: str) -> Iterator[None]:
+    """Run the calling thread in netns `name`, then return it to where it was."""
+    with open("/proc/thread-self/ns/net") as home, open(f"/run/netns/{name}") as target:
+        if _libc.setns(target.fileno(), CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), "setns")
+        try:
+            yield
+        finally:
+            if _libc.setns(home.fileno(), CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns back")
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    sh("ip", "netns", "del", NS, check=False)
+    sh("ip", "netns", "add", NS)
+    try:
+        sh("ip", "-n", NS, "link", "set", "lo", "up")
+        yield NS
+    finally:
+        sh("ip", "netns", "del", NS, check=False)
+
+
+def link(ns: str, name: str) -> dict | None:
+    r = sh("ip", "-n", ns, "-j", "link", "show", "dev", name, check=False)
+    return json.loads(r.stdout)[0] if r.returncode == 0 else None
+
+
+def test_create_mtu_up_down_close(netns: str) -> None:
+    with in_netns(netns):
+        tun = Tun("h3tun%d", mtu=1380)
+    try:
+        assert tun.name.startswith("h3tun") and tun.name != "h3tun%d"
+        info = link(netns, tun.name)
+        assert info is not None and info["mtu"] == 1380
+        assert "UP" not in info["flags"] and not tun.is_up
+        tun.up()
+        assert tun.is_up and "UP" in link(netns, tun.name)["flags"]
+        tun.mtu = 1280
+        assert tun.mtu == 1280 and link(netns, tun.name)["mtu"] == 1280
+        tun.down()
+        assert not tun.is_up
+        # The root namespace never saw it.
+        assert sh("ip", "link", "show", "dev", tun.name, check=False).returncode != 0
+        assert tun.fileno() >= 0 and f"fd={tun.fileno()}" in repr(tun)
+    finally:
+        tun.close()
+    assert tun.closed and link(netns, tun.name) is None
+    with pytest.raises(ValueError):
+        tun.fileno()
+    tun.close()                     # idempotent
+
+
+def test_bad_names_and_options(netns: str) -> None:
+    with in_netns(netns):
+        with pytest.raises(TunError):
+            Tun("h3" + "x" * 20)
+        with pytest.raises(TunError):
+            Tun("h3tun0", mtu=10)               # below the minimum MTU: refused, cleaned up
+        assert link(netns, "h3tun0") is None
+        with Tun("h3tun1", mtu=None) as t:
+            with pytest.raises(TunError):
+                t.open_queue()
+            with pytest.raises(TunError):
+                Tun("h3tun1")                   # busy: a single-queue device is taken
+
+
+def test_multi_queue_and_vnet_hdr(netns: str) -> None:
+    with in_netns(netns):
+        with Tun("h3mq0", multi_queue=True, vnet_hdr=True, nonblocking=True) as t:
+            fd2 = t.open_queue(nonblocking=True)
+            assert len(t.queues) == 2 and fd2 in t.queues
+            with pytest.raises(BlockingIOError):
+                t.read()
+            t.set_vnet_hdr_size(12)
+            t.set_offload(0)
+        assert link(netns, "h3mq0") is None
+
+
+def checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def echo_reply(req: bytes) -> bytes:
+    """The reply a host at the request's destination would send."""
+    ihl = (req[0] & 0x0F) * 4
+    icmp = bytearray(req[ihl:])
+    icmp[0] = 0                                 # echo reply
+    icmp[2:4] = b"\0\0"
+    icmp[2:4] = struct.pack("!H", checksum(bytes(icmp)))
+    hdr = bytearray(req[:ihl])
+    hdr[12:16], hdr[16:20] = req[16:20], req[12:16]
+    hdr[8] = 64
+    hdr[10:12] = b"\0\0"
+    hdr[10:12] = struct.pack("!H", checksum(bytes(hdr)))
+    return bytes(hdr) + bytes(icmp)
+
+
+@pytest.mark.skipif(shutil.which("ping") is None, reason="needs ping")
+def test_ping_end_to_end(netns: str) -> None:
+    with in_netns(netns):
+        tun = Tun("h3tun0", mtu=1420, up=True)
+    try:
+        sh("ip", "-n", netns, "addr", "add", "10.213.0.1/24", "dev", "h3tun0")
+        ping = subprocess.Popen(["ip", "netns", "exec", netns, "ping", "-c", "1", "-W", "5",
+                                 "-s", "200", "10.213.0.2"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            request = None
+            for _ in range(50):                 # skip anything else the kernel sends
+                ready, _, _ = select.select([tun], [], [], 5)
+                assert ready, "no packet from the TUN"
+                pkt = tun.read()
+                if (pkt[0] >> 4 == 4 and pkt[9] == 1 and pkt[20] == 8
+                        and pkt[16:20] == bytes([10, 213, 0, 2])):
+                    request = pkt
+                    break
+            assert request is not None
+            assert request[12:16] == bytes([10, 213, 0, 1])
+            assert len(request) == 20 + 8 + 200
+            assert checksum(request[:20]) == 0
+            assert tun.write(echo_reply(request)) == len(request)
+            out, err = ping.communicate(timeout=10)
+        finally:
+            if ping.poll() is None:
+                ping.kill()
+                ping.wait()
+        assert ping.returncode == 0, out + err
+        assert "1 received" in out
+    finally:
+        tun.close()
+    assert link(netns, "h3tun0") is None
+
