@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from wgfast._native import ffi, lib
 
 VNET = 10
