@@ -7,8 +7,16 @@ implementation; header layouts are RFC 791 (IPv4), RFC 8200 (IPv6), RFC 9293 (TC
 
 from __future__ import annotations
 
+import ctypes
+import fcntl
+import os
 import random
+import select
+import shutil
+import socket
 import struct
+import subprocess
+import threading
 from dataclasses import dataclass
 
 import pytest
@@ -65,23 +73,25 @@ def l4_with_csum(src: bytes, dst: bytes, proto: int, l4: bytes) -> bytes:
 
 
 def ip_packet(l4: bytes, proto: int, v6: bool = False, ident: int = 1, ttl: int = 64,
-              df: bool = True, tos: int = 0) -> bytes:
+              df: bool = True, tos: int = 0, rev: bool = False) -> bytes:
     if v6:
         return struct.pack("!IHBB", 6 << 28, len(l4), proto, ttl) + SRC6 + DST6 + l4
+    src, dst = (DST4, SRC4) if rev else (SRC4, DST4)
     hdr = struct.pack("!BBHHHBBH", 0x45, tos, 20 + len(l4), ident, 0x4000 if df else 0, ttl,
-                      proto, 0) + SRC4 + DST4
+                      proto, 0) + src + dst
     hdr = hdr[:10] + struct.pack("!H", inet_csum(hdr)) + hdr[12:]
     return hdr + l4
 
 
 def tcp_packet(payload: bytes, seq: int, flags: int = ACK, v6: bool = False, ident: int = 1,
                sport: int = 40000, dport: int = 5201, ack: int = 777, options: bytes = b"",
-               window: int = 65000, csum: bool = True) -> bytes:
+               window: int = 65000, csum: bool = True, rev: bool = False) -> bytes:
+    """rev: from DST4 to SRC4 (the far end's direction in the real TUN test)."""
     l4 = tcp_hdr(sport, dport, seq, ack, flags, window, options) + payload
     if csum:
-        src, dst = (SRC6, DST6) if v6 else (SRC4, DST4)
+        src, dst = (SRC6, DST6) if v6 else ((DST4, SRC4) if rev else (SRC4, DST4))
         l4 = l4_with_csum(src, dst, 6, l4)
-    return ip_packet(l4, 6, v6, ident)
+    return ip_packet(l4, 6, v6, ident, rev=rev)
 
 
 def vnet_hdr(flags: int = 0, gso_type: int = 0, hdr_len: int = 0, gso_size: int = 0,
@@ -507,3 +517,131 @@ def test_coalesce_fuzz_never_crashes(blobs: list[bytes], mutate: int) -> None:
     assert len(writes) <= len(mixed)
     total_in = sum(len(p) for p in mixed)
     assert sum(len(w) - 10 for w in writes) <= total_in
+
+
+# ---- the real thing: a TUN with IFF_VNET_HDR in a namespace of our own --------------------
+
+IFF_TUN, IFF_NO_PI, IFF_VNET_HDR = 0x0001, 0x1000, 0x4000
+TUNSETIFF, TUNSETOFFLOAD = 0x400454CA, 0x400454D0       # _IOW('T', 202/208, int)
+CLONE_NEWNET = 0x40000000
+
+
+def _in_netns(ns: str, fn):
+    """Run fn in a thread that entered network namespace ns (setns is per thread)."""
+    result: dict[str, object] = {}
+
+    def body() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        with open(f"/run/netns/{ns}") as f:
+            if libc.setns(f.fileno(), CLONE_NEWNET) != 0:
+                result["err"] = OSError(ctypes.get_errno(), "setns")
+                return
+        try:
+            result["ok"] = fn()
+        except BaseException as e:  # noqa: BLE001 - re-raised in the test thread
+            result["err"] = e
+
+    t = threading.Thread(target=body)
+    t.start()
+    t.join(60)
+    assert not t.is_alive(), "namespace worker hung"
+    if "err" in result:
+        raise result["err"]  # type: ignore[misc]
+    return result["ok"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/dev/net/tun")
+                    or shutil.which("ip") is None, reason="needs root, /dev/net/tun and ip")
+def test_real_tun_tso_and_gro() -> None:
+    """The kernel hands us a TSO super-packet that we cut into valid segments, and takes a
+    super-packet we coalesced: its TCP socket receives the bytes intact."""
+    ns, dev = f"h5off{os.getpid()}", "h5tun0"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        _in_netns(ns, lambda: _tun_conversation(ns, dev))
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+def _tun_conversation(ns: str, dev: str) -> None:
+    fd = os.open("/dev/net/tun", os.O_RDWR)
+    sock = None
+    try:
+        ifr = struct.pack("16sH", dev.encode(), IFF_TUN | IFF_NO_PI | IFF_VNET_HDR)
+        fcntl.ioctl(fd, TUNSETIFF, ifr)
+        fcntl.ioctl(fd, TUNSETOFFLOAD, lib.WG_TUN_F_CSUM | lib.WG_TUN_F_TSO4 | lib.WG_TUN_F_TSO6)
+        for cmd in (["link", "set", "lo", "up"], ["addr", "add", "10.0.0.1/24", "dev", dev],
+                    ["link", "set", dev, "up", "mtu", "1420"]):
+            subprocess.run(["ip", "-n", ns, *cmd], check=True)
+
+        def read_tcp(timeout: float = 3.0) -> bytes:
+            """Next TUN packet of our flow (vnet header included)."""
+            while True:
+                r, _, _ = select.select([fd], [], [], timeout)
+                assert r, "no packet from the kernel"
+                b = os.read(fd, 70000)
+                ip = b[10:]
+                if len(ip) >= 40 and ip[0] == 0x45 and ip[9] == 6 and ip[12:20] == SRC4 + DST4:
+                    return b
+
+        def plain(b: bytes) -> list[bytes]:
+            r = segment(b, cap=2048, max_out=64)
+            assert isinstance(r, list), r
+            return r
+
+        sock = socket.socket()
+        sock.setblocking(False)
+        assert sock.connect_ex(("10.0.0.2", 5201)) in (115, 0)     # EINPROGRESS
+        syn = parse_and_verify(plain(read_tcp())[0])
+        assert syn.flags & SYN
+        cport, kseq = syn.sport, syn.seq + 1
+        pseq = 0x10000000
+        mss_opt = struct.pack("!BBH", 2, 4, 1380)
+        synack = tcp_packet(b"", pseq, SYN | ACK, sport=5201, dport=cport, ack=kseq,
+                            options=mss_opt, rev=True)
+        os.write(fd, bytes(10) + synack)
+        pseq += 1
+        select.select([], [sock], [], 3)
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+
+        # GRO direction: 12 segments from the far end, coalesced into one TUN write.
+        data = random.Random(5).randbytes(12 * 1000)
+        segs = [tcp_packet(data[k * 1000:(k + 1) * 1000], pseq + k * 1000,
+                           ACK | (PSH if k == 11 else 0), sport=5201, dport=cport, ack=kseq,
+                           ident=50 + k, rev=True) for k in range(12)]
+        writes = coalesce(segs)
+        assert len(writes) == 1 and writes[0][1] == lib.WG_VNET_GSO_TCPV4
+        os.write(fd, writes[0])
+        got = b""
+        while len(got) < len(data):
+            r, _, _ = select.select([sock], [], [], 3)
+            assert r, f"kernel socket got {len(got)} of {len(data)} bytes"
+            got += sock.recv(65536)
+        assert got == data
+        pseq += len(data)
+
+        # TSO direction: the kernel sends a burst; we must see a super-packet and cut it.
+        sent = random.Random(6).randbytes(200_000)
+        sock.setblocking(True)
+        sock.settimeout(5)
+        sock.sendall(sent[:60_000])
+        stream = b""
+        saw_gso = 0
+        while len(stream) < 60_000:
+            b = read_tcp()
+            if b[1] != lib.WG_VNET_GSO_NONE:
+                saw_gso += 1
+            for s in plain(b):
+                p = parse_and_verify(s)                 # every checksum verifies
+                if p.payload and p.seq == kseq:
+                    stream += p.payload
+                    kseq += len(p.payload)
+                    assert len(p.payload) <= 1380
+            ack = tcp_packet(b"", pseq, ACK, sport=5201, dport=cport, ack=kseq, rev=True)
+            os.write(fd, bytes(10) + ack)
+        assert stream == sent[:60_000]
+        assert saw_gso > 0, "the kernel never sent a TSO super-packet"
+    finally:
+        if sock is not None:
+            sock.close()
+        os.close(fd)
