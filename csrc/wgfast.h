@@ -216,3 +216,56 @@ void wg_dp_resume(wg_dp *dp);      /* after wg_dp_stop and the loops returned: a
  * keepalives from the control plane.  Returns WG_OK or a drop reason. */
 int  wg_send_packet(wg_dp *dp, uint32_t peer, const uint8_t *pkt, uint32_t len, double now);
 double wg_now(void);                /* CLOCK_MONOTONIC seconds */
+
+/* ---- offloads (offload.c): TUN with IFF_VNET_HDR + TUNSETOFFLOAD ---------------------- */
+/* Every TUN read and write then starts with a struct virtio_net_hdr (linux/virtio_net.h):
+ * flags u8, gso_type u8, hdr_len le16, gso_size le16, csum_start le16, csum_offset le16. */
+#define WG_VNET_HDR_LEN        10
+#define WG_VNET_F_NEEDS_CSUM   1      /* checksum partial: pseudo-header sum at csum_start+offset */
+#define WG_VNET_GSO_NONE       0
+#define WG_VNET_GSO_TCPV4      1
+#define WG_VNET_GSO_TCPV6      4
+#define WG_VNET_GSO_UDP_L4     5
+#define WG_VNET_GSO_ECN        128    /* or-ed into gso_type */
+/* TUNSETOFFLOAD bits (linux/if_tun.h); USO needs Linux >= 6.2 (EINVAL before: retry without). */
+#define WG_TUN_F_CSUM          1
+#define WG_TUN_F_TSO4          2
+#define WG_TUN_F_TSO6          4
+#define WG_TUN_F_TSO_ECN       8
+#define WG_TUN_F_USO4          32
+#define WG_TUN_F_USO6          64
+/* wg_vnet_segment errors, returned negated. */
+#define WG_OFF_ERR_SHORT       1      /* shorter than the headers it claims */
+#define WG_OFF_ERR_HEADER      2      /* vnet header inconsistent with the packet */
+#define WG_OFF_ERR_PACKET      3      /* not an IPv4/IPv6 packet of the protocol gso_type names */
+#define WG_OFF_ERR_GSO_TYPE    4      /* unsupported gso_type (UFO) */
+#define WG_OFF_ERR_TOO_MANY    5      /* more segments than max_out */
+#define WG_OFF_ERR_TOO_BIG     6      /* a segment is larger than out_cap */
+
+/* Send side.  pkt = a TUN read: vnet header + IP packet (len counts both).  Writes plain IP
+ * packets with complete checksums to out[k] (each out_cap bytes), lengths to out_len[k].
+ * GSO_NONE: one packet (its partial checksum finished); TCPV4/TCPV6/UDP_L4: one packet per
+ * gso_size bytes of payload, each with its own IP length/ID/checksum, TCP sequence number
+ * (FIN/PSH on the last, CWR on the first only) or UDP length, and full L4 checksum.
+ * out[0] may be pkt + WG_VNET_HDR_LEN (the first packet is then built in place); no other
+ * out[k] may overlap pkt.  Returns the number of packets, or -WG_OFF_ERR_* (nothing usable). */
+int wg_vnet_segment(const uint8_t *pkt, uint32_t len, uint8_t **out, uint32_t out_cap,
+                    uint32_t *out_len, uint32_t max_out);
+
+/* Receive side.  pkts[i] (lens[i] bytes, WireGuard padding allowed: packets are trimmed to
+ * their IP length) are decrypted IP packets in arrival order, each with WG_VNET_HDR_LEN
+ * writable bytes in front of it (a ring slot's HEADROOM).  Consecutive in-order TCP segments
+ * of one flow (ACK or ACK|PSH only, same addresses, ports, ACK, window, options, TOS/TTL,
+ * IPv4 without options or fragments and IDs counting up, equal sizes but a shorter last one,
+ * valid checksums, at most 65535 IP bytes) are copied into one super-packet in scratch with
+ * a GSO_TCPV4/TCPV6 NEEDS_CSUM vnet header.  Everything else gets a zero vnet header written
+ * in front of it, in place.  out_ptrs[k]/out_lens[k] = the k-th TUN write (vnet header
+ * included), in arrival order of each output's first packet.  Takes the first
+ * min(n, max_out, WG_MAX_BATCH) packets; returns the number of writes.  scratch should hold
+ * about 64 KB per flow in flight (65600 bytes each); with less, packets pass through. */
+uint32_t wg_gro_coalesce(uint8_t **pkts, const uint32_t *lens, uint32_t n,
+                         uint8_t *scratch, uint32_t scratch_cap,
+                         uint8_t **out_ptrs, uint32_t *out_lens, uint32_t max_out);
+
+/* RFC 1071 Internet checksum of len bytes, as the 16-bit value to store big-endian. */
+uint16_t wg_inet_csum(const uint8_t *p, uint32_t len);
