@@ -238,10 +238,36 @@ class Host:
         res = self.run(argv, check=False, timeout=timeout or (count * (interval + wait) + 10))
         return PingResult.parse(res.stdout, res.returncode)
 
+    def wait_ping(self, dest: str, deadline: float = 10.0) -> bool:
+        """Ping once a second until one reply arrives or `deadline` seconds pass."""
+        res = self.run(["ping", "-n", "-q", "-c", "1", "-i", "0.5", "-w", str(int(deadline)), dest],
+                       check=False, timeout=deadline + 10)
+        return PingResult.parse(res.stdout, res.returncode).ok
+
+    def pids(self) -> list[int]:
+        """Every process inside this namespace (all of them were started by us)."""
+        res = subprocess.run(["ip", "netns", "pids", self.name], capture_output=True, text=True,
+                             timeout=10)
+        return [int(x) for x in res.stdout.split()]
+
     def kill_started(self) -> None:
         for proc in self._procs:
             terminate(proc)
         self._procs.clear()
+        # Anything else still inside our namespace descends from us (e.g. a daemon that
+        # wg-quick started and that detached): kill it by PID so the namespace can go.
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            pids = self.pids()
+            for pid in pids:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + 3
+            while pids and self.pids() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if not self.pids():
+                break
 
 
 @dataclass
@@ -682,6 +708,46 @@ def make_tunnel(
 
 def iperf3_available() -> bool:
     return shutil.which("iperf3") is not None
+
+
+IPERF_PORT = 5201
+
+
+def run_iperf3(
+    server: Host, client: Host, dest: str, args: Sequence[str] = (), duration: float = 2.0,
+    port: int = IPERF_PORT, on_start: Any = None,
+) -> dict[str, Any]:
+    """One iperf3 run (server in `server`, client in `client` towards `dest`); the parsed -J
+    output.  `on_start()` is called once the server listens, just before the client starts."""
+    import json
+
+    srv = server.popen(["iperf3", "-s", "-1", "-p", str(port)],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 5
+        while True:
+            ss = server.run(["ss", "-Hltn", f"sport = :{port}"], check=False)
+            if ss.stdout.strip():
+                break
+            if srv.poll() is not None or time.monotonic() > deadline:
+                raise NetnsError("iperf3 server did not start")
+            time.sleep(0.02)
+        if on_start is not None:
+            on_start()
+        res = client.run(
+            ["iperf3", "-c", dest, "-p", str(port), "-J", "-t", str(duration), *args],
+            check=False, timeout=duration + 30)
+        try:
+            data: dict[str, Any] = json.loads(res.stdout)
+        except ValueError as e:
+            raise NetnsError(f"iperf3 gave no JSON: {res.stderr.strip()}") from e
+        if "error" in data:
+            raise NetnsError(f"iperf3: {data['error']}")
+        return data
+    finally:
+        terminate(srv, grace=2)
+        if srv in server._procs:
+            server._procs.remove(srv)
 
 
 def wrapper_script(impl: Implementation, directory: Path) -> Path:
