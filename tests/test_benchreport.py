@@ -1,0 +1,60 @@
+"""`wgfast bench --quick` with the raw link and wireguard-go: files exist, numbers are positive.
+Never asserts a speed."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import NETNS_PREFIX, netns_unavailable, require_impl
+
+from wgfast import benchreport
+from wgfast.netns import iperf3_available
+
+
+def _namespaces() -> str:
+    return subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+
+
+def test_quick_report(tmp_path: Path) -> None:
+    if netns_unavailable():
+        pytest.skip(netns_unavailable() or "")
+    if not iperf3_available():
+        pytest.skip("iperf3 is not installed")
+    require_impl("wireguard-go")
+    before = _namespaces()
+    p = argparse.ArgumentParser()
+    benchreport.add_arguments(p)
+    args = p.parse_args(["--quick", "--out", str(tmp_path / "r"), "--no-wgfast",
+                         "--against", "wireguard-go", "--prefix", NETNS_PREFIX])
+    log = io.StringIO()
+    assert benchreport.run(args, log) == 0, log.getvalue()
+    out = tmp_path / "r"
+    data = json.loads((out / "results.json").read_text())
+    assert data["targets"] == [benchreport.RAW, "wireguard-go"]
+    for target in data["targets"]:
+        vals = data["values"][target]
+        for key in ("tcp1", "tcp4", "udp64", "ping_min", "ping_avg"):
+            assert len(vals[key]) == 1 and vals[key][0] > 0, (target, key)
+        assert vals["ping_avg"][0] >= vals["ping_min"][0]
+    assert data["values"]["wireguard-go"]["cpu_per_gb"][0] > 0
+    assert "cpu_per_gb" not in data["values"][benchreport.RAW]
+    report = (out / "report.md").read_text()
+    assert "| raw veth |" in report and "| wireguard-go |" in report
+    assert "wireguard-go v" in report  # version recorded
+    for key in ("tcp1", "tcp4", "udp64", "cpu_per_gb"):
+        png = out / f"{key}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"]({key}.png)" in report
+    assert "[  1/8" in log.getvalue()  # progress was shown
+    assert _namespaces() == before
+
+
+def test_stats_and_format() -> None:
+    assert benchreport._stats([3.0, 1.0, 2.0]) == (1.0, 2.0, 3.0)
+    assert benchreport._fmt([1.0, 2.0, 3.0], "Gbit/s") == "2.00 (1.00–3.00)"
+    assert benchreport._fmt(None, "ms") == "–"
