@@ -205,7 +205,7 @@ def addr_to_c(endpoint: Endpoint | None, out: object) -> None:
     import ipaddress
     import socket
 
-    ffi.memset(out, 0, ffi.sizeof("wg_addr"))
+    ffi.memmove(out, bytes(ffi.sizeof("wg_addr")), ffi.sizeof("wg_addr"))
     if endpoint is None:
         return
     host, port = endpoint
@@ -254,7 +254,8 @@ class DataPlane:
         self._dp = ffi.gc(dp, lib.wg_dp_free)
         self.max_peers = max_peers
         c = lib.wg_dp_clocks(self._dp)
-        self.clocks = {f: _view(getattr(c, f), "double *", max_peers, "<f8") for f in self.CLOCK_FIELDS}
+        self.clocks = {f: _view(getattr(c, f), "double *", max_peers, "<f8")
+                       for f in self.CLOCK_FIELDS}
         self.tx_bytes = _view(c.tx_bytes, "uint8_t *", max_peers, "<u8")
         self.rx_bytes = _view(c.rx_bytes, "uint8_t *", max_peers, "<u8")
         self.want_handshake = _view(c.want_handshake, "uint8_t *", max_peers, "u1")

@@ -150,6 +150,10 @@ class Peer:
             self.handshake.wipe()
             self.handshake = None
 
+    def abandon_handshake(self, indices: IndexAllocator) -> None:
+        """Give up on the initiation in flight (REKEY_ATTEMPT_TIME passed)."""
+        self._drop_handshake(indices)
+
     def _add_keypair(self, slot: _Slot, indices: IndexAllocator) -> list[int]:
         """Install a new keypair in the slots (kernel semantics); return evicted indices."""
         evicted: list[_Slot | None] = []

@@ -1,0 +1,870 @@
+"""The device: one WireGuard interface.  It owns the TUN, the UDP sockets, the UAPI socket, the
+C data plane and the control loop that runs the protocol core on its events and timers.
+
+The control loop (asyncio, one thread) wakes for three reasons:
+  - the data plane's eventfd: handshake messages, packets staged for a peer without a key,
+    "this peer needs a handshake", "the responder's keypair was confirmed";
+  - a timer deadline computed by timers.evaluate over all peers at once;
+  - a UAPI request (wg, wg-quick) or a call from the Python API.
+It never touches a data packet except the few staged ones it hands back to C once a handshake
+completes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import errno
+import ipaddress
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import numpy as np
+
+from wgfast import messages, timers
+from wgfast.cookie import CookieChecker, Verdict, source_bytes
+from wgfast.datapath import DataPlane, lib
+from wgfast.noise import StaticIdentity
+from wgfast.peer import IndexTable, KeypairMaterial, Peer, consume_initiation
+from wgfast.ratelimiter import RateLimiter
+from wgfast.tun import Tun
+from wgfast.uapi import (
+    DeviceSnapshot,
+    Endpoint,
+    PeerSnapshot,
+    SetRequest,
+    UapiError,
+    UapiServer,
+    parse_set,
+)
+
+log = logging.getLogger("wgfast")
+
+T = TypeVar("T")
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+ZERO_KEY = bytes(32)
+SOCKET_BUFFER = 4 << 20          # UDP socket buffers (forced as root): bursts of 64-packet batches
+UNDER_LOAD_EVENTS = 128          # handshake messages in one wake-up that mean "under load"
+UNDER_LOAD_HOLD = 1.0            # and how long that verdict lasts
+HOUSEKEEPING = 1.0               # MTU, interface and UAPI socket checks
+
+
+class DeviceError(Exception):
+    """The device cannot be created or configured."""
+
+
+@dataclass
+class PeerConfig:
+    """What the user configured for a peer (the protocol state lives in peer.Peer)."""
+
+    public_key: bytes
+    peer_id: int
+    preshared_key: bytes = ZERO_KEY
+    persistent_keepalive: int = 0
+    allowed_ips: list[IPNetwork] = field(default_factory=list)
+
+
+@dataclass
+class Stats:
+    """A peer's counters as the Python API reports them."""
+
+    public_key: bytes
+    endpoint: Endpoint | None
+    rx_bytes: int
+    tx_bytes: int
+    last_handshake: float | None        # unix time
+    allowed_ips: list[IPNetwork]
+
+
+def _endpoint_tuple(ep: Endpoint | None) -> tuple[str, int] | None:
+    return None if ep is None else (str(ep.address), ep.port)
+
+
+def _endpoint_from_tuple(t: tuple[str, int] | None) -> Endpoint | None:
+    if t is None:
+        return None
+    host, port = t
+    return Endpoint(ipaddress.ip_address(host), port)
+
+
+class Device:
+    """A userspace WireGuard interface.
+
+    >>> dev = Device("wg0"); dev.open(); dev.start()          # doctest: +SKIP
+    >>> dev.configure(private_key=..., listen_port=51820)    # doctest: +SKIP
+    >>> dev.add_peer(pub, endpoint="192.0.2.1:51820", allowed_ips=["10.0.0.2/32"])  # +SKIP
+    """
+
+    def __init__(self, name: str, *, mtu: int = 1420, max_peers: int = 1024,
+                 uapi_path: str | None = None, serve_uapi: bool = True,
+                 aead: str | None = None) -> None:
+        self.requested_name = name
+        self.name = name
+        self.mtu = mtu
+        self.max_peers = max_peers
+        self.uapi_path = uapi_path
+        self.serve_uapi = serve_uapi
+        self.aead_name = aead
+        self.tun: Tun | None = None
+        self.dp: DataPlane | None = None
+        self.sock4: socket.socket | None = None
+        self.sock6: socket.socket | None = None
+        self.listen_port = 0
+        self.fwmark = 0
+        self.identity: StaticIdentity | None = None
+        self.checker: CookieChecker | None = None
+        self.peers: dict[bytes, Peer] = {}              # by public key, in insertion order
+        self.configs: dict[bytes, PeerConfig] = {}
+        self.by_id: dict[int, Peer] = {}
+        self.indices = IndexTable()
+        self.ratelimiter = RateLimiter()
+        self.timer_state = timers.TimerState(max_peers)
+        self.last_handshake_wall = np.zeros(max_peers)
+        self.rng = np.random.default_rng()
+        self.handshake_drops = 0
+        self._free_ids = list(range(max_peers - 1, -1, -1))
+        self._clocks: timers.Clocks | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: threading.Thread | None = None
+        self._stopping: asyncio.Event | None = None
+        self._wake: asyncio.Event | None = None
+        self._uapi: UapiServer | None = None
+        self._ready = threading.Event()
+        self._load_until = 0.0
+        self._ring_mtu = 0
+        self._running_dp = False
+        self._lock = threading.RLock()
+
+    # ---- lifetime ---------------------------------------------------------------------------
+    def open(self) -> None:
+        """Create the TUN interface and the data plane, and bind a UDP port (random until the
+        user sets one).  The control loop is started by start() or run_forever()."""
+        from wgfast.datapath import choose_backend
+
+        try:
+            choose_backend(self.aead_name)
+        except (ValueError, RuntimeError) as e:
+            raise DeviceError(str(e)) from None
+        try:
+            self.tun = Tun(self.requested_name, self.mtu, nonblocking=True)
+        except OSError as e:
+            raise DeviceError(f"cannot create TUN interface {self.requested_name!r}: "
+                              f"{e.strerror or e}") from None
+        self.name = self.tun.name
+        self.dp = DataPlane(self.max_peers, mtu=self.mtu)
+        self._clocks = timers.Clocks(want_handshake=self.dp.want_handshake,
+                                     active=self.dp.active, **self.dp.clocks)
+        try:
+            self._bind(0)
+        except OSError as e:
+            self.close()
+            raise DeviceError(f"cannot open UDP sockets: {e}") from None
+        self._start_dataplane()
+
+    def close(self) -> None:
+        """Stop everything and remove the interface (idempotent)."""
+        if self._loop is not None and self._loop_thread is not None:
+            self.stop()
+        if self.dp is not None and self._running_dp:
+            self.dp.stop()
+            self._running_dp = False
+        for s in (self.sock4, self.sock6):
+            if s is not None:
+                s.close()
+        self.sock4 = self.sock6 = None
+        if self.tun is not None:
+            self.tun.close()
+            self.tun = None
+        for peer in list(self.peers.values()):
+            peer.zero_keys(self.indices)
+        self.identity = None
+
+    def __enter__(self) -> Device:
+        if self.tun is None:
+            self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _start_dataplane(self) -> None:
+        assert self.dp is not None and self.tun is not None
+        self._ring_mtu = self.mtu
+        self.dp.set_mtu(self.mtu)
+        self.dp.start(self.tun.fileno(),
+                      self.sock4.fileno() if self.sock4 else -1,
+                      self.sock6.fileno() if self.sock6 else -1)
+        self._running_dp = True
+
+    def _restart_dataplane(self, change: Callable[[], T]) -> T:
+        """Run `change` with the I/O threads stopped (new sockets, larger MTU)."""
+        assert self.dp is not None
+        if self._running_dp:
+            self.dp.stop()
+            self._running_dp = False
+        try:
+            return change()
+        finally:
+            self._start_dataplane()
+
+    # ---- UDP sockets --------------------------------------------------------------------------
+    @staticmethod
+    def _tune(s: socket.socket, fwmark: int) -> None:
+        for force, plain in ((getattr(socket, "SO_RCVBUFFORCE", 33), socket.SO_RCVBUF),
+                             (getattr(socket, "SO_SNDBUFFORCE", 32), socket.SO_SNDBUF)):
+            try:
+                s.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    s.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER)
+        if fwmark:
+            s.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_MARK", 36), fwmark)
+
+    def _open_sockets(self, port: int, fwmark: int,
+                      ) -> tuple[socket.socket | None, socket.socket | None, int]:
+        """IPv4 and IPv6 sockets on one port (random when 0).  Either family may be missing
+        from the host; both missing is an error."""
+        last: OSError | None = None
+        for _ in range(16 if port == 0 else 1):
+            s6: socket.socket | None = None
+            s4: socket.socket | None = None
+            try:
+                try:
+                    s6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+                    s6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                    self._tune(s6, fwmark)
+                    s6.bind(("::", port))
+                except OSError as e:
+                    if s6 is not None:
+                        s6.close()
+                    s6 = None
+                    if e.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+                        raise
+                bound = s6.getsockname()[1] if s6 is not None else port
+                try:
+                    s4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                    self._tune(s4, fwmark)
+                    s4.bind(("0.0.0.0", bound))
+                except OSError as e:
+                    if s4 is not None:
+                        s4.close()
+                    s4 = None
+                    if e.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL) or s6 is None:
+                        raise
+                if s4 is None and s6 is None:
+                    raise OSError(errno.EAFNOSUPPORT, "neither IPv4 nor IPv6 is available")
+                real = (s4 or s6).getsockname()[1]  # type: ignore[union-attr]
+                return s4, s6, real
+            except OSError as e:
+                for s in (s4, s6):
+                    if s is not None:
+                        s.close()
+                last = e
+                if e.errno != errno.EADDRINUSE:
+                    break
+        assert last is not None
+        raise last
+
+    def _bind(self, port: int) -> None:
+        s4, s6, real = self._open_sockets(port, self.fwmark)
+        old = (self.sock4, self.sock6)
+        self.sock4, self.sock6, self.listen_port = s4, s6, real
+        for s in old:
+            if s is not None:
+                s.close()
+
+    def _set_listen_port(self, port: int) -> None:
+        if port == self.listen_port and port != 0:
+            return
+        s4, s6, real = self._open_sockets(port, self.fwmark)   # may raise: nothing changed
+
+        def swap() -> None:
+            old = (self.sock4, self.sock6)
+            self.sock4, self.sock6, self.listen_port = s4, s6, real
+            for s in old:
+                if s is not None:
+                    s.close()
+
+        self._restart_dataplane(swap)
+
+    def _set_fwmark(self, mark: int) -> None:
+        self.fwmark = mark
+        for s in (self.sock4, self.sock6):
+            if s is not None:
+                s.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_MARK", 36), mark)
+
+    def _sendto(self, data: bytes, ep: tuple[str, int]) -> bool:
+        host, port = ep
+        s = self.sock6 if ":" in host else self.sock4
+        if s is None:
+            return False
+        try:
+            if s is self.sock6 and "%" in host:
+                addr, _, zone = host.partition("%")
+                scope = int(zone) if zone.isdigit() else socket.if_nametoindex(zone)
+                s.sendto(data, (addr, port, 0, scope))
+            else:
+                s.sendto(data, (host, port))
+            return True
+        except OSError as e:
+            log.debug("send to %s:%d failed: %s", host, port, e)
+            return False
+
+    # ---- peers --------------------------------------------------------------------------------
+    def _new_peer(self, public_key: bytes) -> Peer:
+        assert self.dp is not None
+        pid = self._free_ids.pop()
+        peer = Peer(public_key, pid)
+        self.peers[public_key] = peer
+        self.configs[public_key] = PeerConfig(public_key, pid)
+        self.by_id[pid] = peer
+        self.dp.peer_add(pid)
+        self.timer_state.reset(pid)
+        self.last_handshake_wall[pid] = 0
+        return peer
+
+    def _remove_peer(self, public_key: bytes) -> None:
+        assert self.dp is not None
+        peer = self.peers.pop(public_key, None)
+        if peer is None:
+            return
+        cfg = self.configs.pop(public_key)
+        peer.zero_keys(self.indices)
+        peer.drop_staged()
+        self.dp.peer_remove(peer.peer_id)      # keypairs, allowed IPs, endpoint
+        self.timer_state.reset(peer.peer_id)
+        self.last_handshake_wall[peer.peer_id] = 0
+        del self.by_id[peer.peer_id]
+        self._free_ids.append(cfg.peer_id)
+
+    def _expire_keys(self, peer: Peer) -> None:
+        assert self.dp is not None
+        for idx in peer.zero_keys(self.indices):
+            self.dp.keypair_remove(idx)
+        self.timer_state.reset(peer.peer_id)
+        self.timer_state.set_persistent_keepalive(
+            peer.peer_id, self.configs[peer.public_key].persistent_keepalive)
+
+    def _set_private_key(self, key: bytes) -> None:
+        if key == ZERO_KEY:
+            self.identity = None
+            self.checker = None
+        else:
+            if self.identity is not None and self.identity.private == key:
+                return
+            self.identity = StaticIdentity(key)
+            self.checker = CookieChecker(self.identity.public)
+            # Our own public key cannot be a peer (wireguard-go drops it).
+            if self.identity.public in self.peers:
+                self._remove_peer(self.identity.public)
+        # Sessions made with the old key are void: the next packet starts a handshake.
+        for peer in self.peers.values():
+            self._expire_keys(peer)
+
+    # ---- UAPI ---------------------------------------------------------------------------------
+    def uapi_get(self) -> DeviceSnapshot:
+        return self._call(self._snapshot)
+
+    def uapi_set(self, req: SetRequest) -> None:
+        self._call(lambda: self._apply(req))
+
+    def _snapshot(self) -> DeviceSnapshot:
+        assert self.dp is not None
+        peers = []
+        for pk, peer in self.peers.items():
+            cfg = self.configs[pk]
+            pid = peer.peer_id
+            wall = float(self.last_handshake_wall[pid])
+            sec = int(wall)
+            peers.append(PeerSnapshot(
+                public_key=pk,
+                preshared_key=cfg.preshared_key,
+                endpoint=_endpoint_from_tuple(self.dp.get_endpoint(pid)),
+                persistent_keepalive_interval=cfg.persistent_keepalive,
+                allowed_ips=list(cfg.allowed_ips),
+                rx_bytes=int(self.dp.rx_bytes[pid]),
+                tx_bytes=int(self.dp.tx_bytes[pid]),
+                last_handshake_time_sec=sec,
+                last_handshake_time_nsec=int(round((wall - sec) * 1e9)) if sec else 0,
+            ))
+        return DeviceSnapshot(
+            private_key=self.identity.private if self.identity else ZERO_KEY,
+            listen_port=self.listen_port, fwmark=self.fwmark, peers=peers)
+
+    def _apply(self, req: SetRequest) -> None:
+        """Apply a whole set request or nothing: everything that can fail is checked (or
+        prepared, like a new listening socket) before the first change is made."""
+        assert self.dp is not None
+        own = self.identity.public if self.identity else None
+        if req.private_key is not None and req.private_key != ZERO_KEY:
+            own = StaticIdentity(req.private_key).public
+        existing = set() if req.replace_peers else set(self.peers)
+        new_keys: set[bytes] = set()
+        for ps in req.peers:
+            if ps.public_key == own:
+                continue
+            if ps.remove:
+                existing.discard(ps.public_key)
+                new_keys.discard(ps.public_key)
+            elif ps.public_key not in existing and not ps.update_only:
+                new_keys.add(ps.public_key)
+        if len(existing | new_keys) > self.max_peers:
+            raise UapiError(errno.ENOSPC, "too many peers")
+        socks = None
+        if req.listen_port is not None and (req.listen_port != self.listen_port
+                                            or req.listen_port == 0):
+            fwmark = self.fwmark if req.fwmark is None else req.fwmark
+            try:
+                socks = self._open_sockets(req.listen_port, fwmark)
+            except OSError as e:
+                raise UapiError(errno.EADDRINUSE if e.errno == errno.EADDRINUSE else errno.EIO,
+                                f"cannot listen on port {req.listen_port}: {e}") from None
+
+        # From here on nothing fails.
+        if req.private_key is not None:
+            self._set_private_key(req.private_key)
+        if socks is not None:
+            s4, s6, real = socks
+
+            def swap() -> None:
+                old = (self.sock4, self.sock6)
+                self.sock4, self.sock6, self.listen_port = s4, s6, real
+                for s in old:
+                    if s is not None:
+                        s.close()
+
+            self._restart_dataplane(swap)
+        if req.fwmark is not None:
+            self._set_fwmark(req.fwmark)
+        if req.replace_peers:
+            for pk in list(self.peers):
+                self._remove_peer(pk)
+        own = self.identity.public if self.identity else None
+        for ps in req.peers:
+            if ps.public_key == own:
+                continue
+            if ps.remove:
+                self._remove_peer(ps.public_key)
+                continue
+            peer = self.peers.get(ps.public_key)
+            if peer is None:
+                if ps.update_only:
+                    continue
+                peer = self._new_peer(ps.public_key)
+            cfg = self.configs[ps.public_key]
+            pid = peer.peer_id
+            if ps.preshared_key is not None:
+                cfg.preshared_key = ps.preshared_key
+                peer.psk = ps.preshared_key
+            if ps.endpoint is not None:
+                self.dp.set_endpoint(pid, _endpoint_tuple(ps.endpoint))
+            if ps.persistent_keepalive_interval is not None:
+                was = cfg.persistent_keepalive
+                cfg.persistent_keepalive = ps.persistent_keepalive_interval
+                if ps.persistent_keepalive_interval != was:
+                    self.timer_state.set_persistent_keepalive(pid, ps.persistent_keepalive_interval)
+            if ps.replace_allowed_ips:
+                self.dp.aip_remove_peer(pid)
+                cfg.allowed_ips.clear()
+            for change in ps.allowed_ips:
+                net = change.network
+                if change.remove:
+                    if net in cfg.allowed_ips:
+                        cfg.allowed_ips.remove(net)
+                        self.dp.aip_remove(net)
+                    continue
+                # A prefix belongs to one peer: taking it moves it.
+                for other in self.configs.values():
+                    if other is not cfg and net in other.allowed_ips:
+                        other.allowed_ips.remove(net)
+                if net not in cfg.allowed_ips:
+                    cfg.allowed_ips.append(net)
+                self.dp.aip_insert(pid, net)
+        self._kick()
+
+    # ---- the Python API (thin wrappers over the same apply path) ------------------------------
+    def configure(self, text: str | None = None, *, private_key: bytes | None = None,
+                  listen_port: int | None = None, fwmark: int | None = None) -> None:
+        """Apply UAPI `set` lines (text) and/or device settings."""
+        req = parse_set(text) if text is not None else SetRequest()
+        if private_key is not None:
+            req.private_key = private_key
+        if listen_port is not None:
+            req.listen_port = listen_port
+        if fwmark is not None:
+            req.fwmark = fwmark
+        self.uapi_set(req)
+
+    def add_peer(self, public_key: bytes, *, endpoint: str | None = None,
+                 allowed_ips: Iterable[str] = (), preshared_key: bytes | None = None,
+                 persistent_keepalive: int | None = None) -> None:
+        from wgfast.uapi import AllowedIpChange, PeerSet
+
+        ps = PeerSet(public_key=public_key, preshared_key=preshared_key,
+                     endpoint=Endpoint.parse(endpoint) if endpoint else None,
+                     persistent_keepalive_interval=persistent_keepalive,
+                     allowed_ips=[AllowedIpChange(ipaddress.ip_network(a, strict=False))
+                                  for a in allowed_ips])
+        self.uapi_set(SetRequest(peers=[ps]))
+
+    def remove_peer(self, public_key: bytes) -> None:
+        from wgfast.uapi import PeerSet
+
+        self.uapi_set(SetRequest(peers=[PeerSet(public_key=public_key, remove=True)]))
+
+    def stats(self) -> list[Stats]:
+        snap = self.uapi_get()
+        return [Stats(p.public_key, p.endpoint, p.rx_bytes, p.tx_bytes,
+                      (p.last_handshake_time_sec + p.last_handshake_time_nsec * 1e-9)
+                      if p.last_handshake_time_sec else None, p.allowed_ips)
+                for p in snap.peers]
+
+    def drops(self) -> dict[str, int]:
+        """The data plane's drop counters by reason."""
+        assert self.dp is not None
+        names = {getattr(lib, n): n[len("WG_DROP_"):].lower() for n in dir(lib)
+                 if n.startswith("WG_DROP_") and n != "WG_DROP_NREASONS"}
+        out = {names[i]: int(v) for i, v in enumerate(self.dp.drops) if i in names}
+        out["handshake_rejected"] = self.handshake_drops
+        return out
+
+    # ---- cross-thread calls -------------------------------------------------------------------
+    def _call(self, fn: Callable[[], T]) -> T:
+        loop = self._loop
+        if loop is None or not loop.is_running() or self._in_loop_thread():
+            with self._lock:
+                return fn()
+        fut: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                fut.set_result(fn())
+            except BaseException as e:   # handed to the caller's thread
+                fut.set_exception(e)
+
+        loop.call_soon_threadsafe(run)
+        return fut.result()
+
+    def _in_loop_thread(self) -> bool:
+        return self._loop_thread_id == threading.get_ident()
+
+    _loop_thread_id: int | None = None
+
+    def _kick(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    # ---- the control loop ---------------------------------------------------------------------
+    def start(self) -> None:
+        """Run the control loop in a background thread (the in-process API)."""
+        if self.tun is None:
+            self.open()
+        self._ready.clear()
+        self._loop_thread = threading.Thread(target=lambda: asyncio.run(self._main(())),
+                                             name=f"wgfast-{self.name}", daemon=True)
+        self._loop_thread.start()
+        if not self._ready.wait(10):
+            raise DeviceError("the control loop did not start")
+        if self._start_error is not None:
+            raise self._start_error
+
+    _start_error: BaseException | None = None
+
+    def stop(self) -> None:
+        loop, stopping = self._loop, self._stopping
+        if loop is not None and stopping is not None and loop.is_running():
+            loop.call_soon_threadsafe(stopping.set)
+        if self._loop_thread is not None:
+            self._loop_thread.join(10)
+            self._loop_thread = None
+
+    def run_forever(self, stop_signals: Iterable[int] = ()) -> None:
+        """Run the control loop in this thread until a stop signal, stop(), the interface
+        being deleted or the UAPI socket being removed (what `wg-quick down` does)."""
+        if self.tun is None:
+            self.open()
+        asyncio.run(self._main(tuple(stop_signals)))
+
+    async def _main(self, stop_signals: tuple[int, ...]) -> None:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._loop_thread_id = threading.get_ident()
+        self._stopping = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._start_error = None
+        for sig in stop_signals:
+            loop.add_signal_handler(sig, self._stopping.set)
+        assert self.dp is not None
+        evfd = self.dp.eventfd()
+        loop.add_reader(evfd, self._on_events)
+        tasks = []
+        try:
+            if self.serve_uapi:
+                self._uapi = UapiServer(self.name, self, self.uapi_path)
+                await self._uapi.start()
+            tasks = [asyncio.create_task(self._timer_loop()),
+                     asyncio.create_task(self._housekeeping())]
+        except BaseException as e:
+            self._start_error = e
+            self._ready.set()
+            loop.remove_reader(evfd)
+            self._loop = None
+            raise
+        self._ready.set()
+        try:
+            await self._stopping.wait()
+        finally:
+            for t in tasks:
+                t.cancel()
+            loop.remove_reader(evfd)
+            if self._uapi is not None:
+                await self._uapi.close()
+                self._uapi = None
+            self._loop = None
+            self._loop_thread_id = None
+
+    async def _housekeeping(self) -> None:
+        assert self._stopping is not None
+        sock_ino = None
+        if self._uapi is not None:
+            with contextlib.suppress(OSError):
+                sock_ino = os.stat(self._uapi.path).st_ino
+        while True:
+            await asyncio.sleep(HOUSEKEEPING)
+            # `wg-quick down` removes the UAPI socket of a userspace interface: that is the
+            # signal to go (as wireguard-go does); so is the interface disappearing.
+            if sock_ino is not None and self._uapi is not None:
+                try:
+                    gone = os.stat(self._uapi.path).st_ino != sock_ino
+                except OSError:
+                    gone = True
+                if gone:
+                    log.info("UAPI socket removed: shutting down")
+                    self._stopping.set()
+                    return
+            try:
+                socket.if_nametoindex(self.name)
+            except OSError:
+                log.info("interface %s deleted: shutting down", self.name)
+                self._stopping.set()
+                return
+            self._check_mtu()
+
+    def _check_mtu(self) -> None:
+        if self.tun is None or self.dp is None:
+            return
+        try:
+            mtu = self.tun.mtu
+        except OSError:
+            return
+        if mtu == self.mtu:
+            return
+        self.mtu = mtu
+        if mtu > self._ring_mtu:
+            self._restart_dataplane(lambda: None)     # rings sized for the new MTU
+        else:
+            self.dp.set_mtu(mtu)
+
+    async def _timer_loop(self) -> None:
+        assert self._wake is not None
+        while True:
+            deadline = self._run_timers()
+            delay = min(max(deadline - time.monotonic(), 0.01), 1.0)
+            self._wake.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
+
+    def _run_timers(self) -> float:
+        assert self.dp is not None and self._clocks is not None
+        now = time.monotonic()
+        with self._lock:
+            act = timers.evaluate(self._clocks, self.timer_state, now, self.rng)
+            for pid in np.flatnonzero(act.give_up):
+                peer = self.by_id.get(int(pid))
+                if peer is not None:
+                    peer.drop_staged()
+                    peer.abandon_handshake(self.indices)
+            for pid in np.flatnonzero(act.zero_keys):
+                peer = self.by_id.get(int(pid))
+                if peer is not None:
+                    for idx in peer.zero_keys(self.indices):
+                        self.dp.keypair_remove(idx)
+            for pid in np.flatnonzero(act.send_initiation):
+                peer = self.by_id.get(int(pid))
+                if peer is not None:
+                    self._send_initiation(peer, now)
+            for pid in np.flatnonzero(act.send_keepalive | act.persistent_keepalive):
+                peer = self.by_id.get(int(pid))
+                if peer is not None:
+                    self._send_keepalive(peer, now)
+        return act.next_deadline
+
+    # ---- handshakes ---------------------------------------------------------------------------
+    def _send_initiation(self, peer: Peer, now: float) -> None:
+        assert self.dp is not None
+        if self.identity is None:
+            return
+        ep = self.dp.get_endpoint(peer.peer_id)
+        if ep is None:
+            return
+        try:
+            msg = peer.create_initiation(self.identity, now, time.time(), self.indices)
+        except messages.MessageError:
+            return          # a low-order peer key: no handshake is possible
+        if self._sendto(msg, ep):
+            self.dp.add_bytes(peer.peer_id, tx=len(msg))
+
+    def _send_keepalive(self, peer: Peer, now: float) -> None:
+        assert self.dp is not None
+        r = self.dp.send_packet(peer.peer_id, b"", now)
+        if r == lib.WG_DROP_NO_KEY:
+            self.dp.want_handshake[peer.peer_id] = 1
+
+    def _send_staged(self, peer: Peer, now: float) -> None:
+        assert self.dp is not None
+        staged = peer.take_staged()
+        for i, pkt in enumerate(staged):
+            if self.dp.send_packet(peer.peer_id, pkt, now) == lib.WG_DROP_NO_KEY:
+                for p in staged[i:]:
+                    peer.stage(p)
+                return
+
+    def _install(self, km: KeypairMaterial, evicted: list[int]) -> None:
+        assert self.dp is not None
+        for idx in evicted:
+            self.dp.keypair_remove(idx)
+        self.dp.keypair_install(*km.install_args()[:6], initiator=km.initiator,
+                                current=bool(km.make_current))
+
+    def _on_events(self) -> None:
+        assert self.dp is not None
+        now = time.monotonic()
+        events = self.dp.pop_events()
+        n_hs = sum(1 for e in events if e[0] == lib.WG_EV_HANDSHAKE)
+        if n_hs >= UNDER_LOAD_EVENTS:
+            self._load_until = now + UNDER_LOAD_HOLD
+        under_load = now < self._load_until
+        want = False
+        with self._lock:
+            for etype, pid, receiver, addr, data in events:
+                try:
+                    if etype == lib.WG_EV_HANDSHAKE and addr is not None:
+                        self._on_handshake(data, addr, now, under_load)
+                    elif etype == lib.WG_EV_STAGE:
+                        peer = self.by_id.get(pid)
+                        if peer is not None:
+                            peer.stage(data)
+                            self.dp.want_handshake[pid] = 1
+                            want = True
+                    elif etype == lib.WG_EV_NEED_HANDSHAKE:
+                        want = True
+                    elif etype == lib.WG_EV_CONFIRMED:
+                        self._on_confirmed(pid, receiver, now)
+                except Exception:     # one bad event must not take the device down
+                    self.handshake_drops += 1
+                    log.exception("event %d for peer %d failed", etype, pid)
+        if want:
+            self._kick()
+
+    def _on_confirmed(self, pid: int, local_index: int, now: float) -> None:
+        assert self.dp is not None
+        peer = self.by_id.get(pid)
+        if peer is None:
+            return
+        was_next = peer.next is not None and peer.next.local_index == local_index
+        created = peer.next.created if was_next and peer.next else now
+        for idx in peer.confirm(local_index):
+            self.dp.keypair_remove(idx)
+        if was_next:
+            self.timer_state.handshake_complete(pid, now, created, False)
+            self.last_handshake_wall[pid] = time.time()
+            self._send_staged(peer, now)
+
+    def _on_handshake(self, data: bytes, addr: tuple[str, int], now: float,
+                      under_load: bool) -> None:
+        assert self.dp is not None
+        try:
+            mtype = messages.message_type(data)
+        except messages.MessageError:
+            self.handshake_drops += 1
+            return
+        if self.identity is None or self.checker is None:
+            return
+        host, port = addr
+        ip = ipaddress.ip_address(host.partition("%")[0])
+        if mtype == messages.MSG_COOKIE_REPLY:
+            try:
+                reply = messages.parse_cookie_reply(data)
+            except messages.MessageError:
+                self.handshake_drops += 1
+                return
+            peer = self.indices.get(reply.receiver)
+            if peer is None or not peer.consume_cookie_reply(reply, now):
+                self.handshake_drops += 1
+            return
+        src = source_bytes(ip.packed, port)
+        verdict = self.checker.validate(data, src, now, under_load)
+        if verdict is Verdict.DROP:
+            self.handshake_drops += 1
+            return
+        if verdict is Verdict.SEND_COOKIE:
+            if self.ratelimiter.allow(ip.packed, now):
+                with contextlib.suppress(messages.MessageError):
+                    self._sendto(self.checker.create_reply(data, src, now), addr)
+            return
+        if under_load and not self.ratelimiter.allow(ip.packed, now):
+            return
+        if mtype == messages.MSG_INITIATION:
+            self._on_initiation(data, addr, now)
+        elif mtype == messages.MSG_RESPONSE:
+            self._on_response(data, addr, now)
+
+    def _on_initiation(self, data: bytes, addr: tuple[str, int], now: float) -> None:
+        assert self.dp is not None and self.identity is not None
+        got = consume_initiation(self.identity, data, self.peers, now, time.time())
+        if got is None:
+            self.handshake_drops += 1
+            return
+        peer, state = got
+        pid = peer.peer_id
+        resp, km, evicted = peer.create_response(self.identity, state, now, self.indices)
+        self._install(km, evicted)
+        self.dp.set_endpoint(pid, addr)
+        self.dp.add_bytes(pid, tx=len(resp), rx=len(data))
+        self.timer_state.session_derived(pid, now)
+        # The attempt of ours in flight, if any, was abandoned for this one.
+        self.timer_state.handshake_started[pid] = 0
+        self.timer_state.retry_at[pid] = 0
+        self._sendto(resp, addr)
+
+    def _on_response(self, data: bytes, addr: tuple[str, int], now: float) -> None:
+        assert self.dp is not None and self.identity is not None
+        receiver = int.from_bytes(data[8:12], "little")
+        peer = self.indices.get(receiver)
+        if peer is None:
+            self.handshake_drops += 1
+            return
+        got = peer.consume_response(self.identity, data, now, self.indices)
+        if got is None:
+            self.handshake_drops += 1
+            return
+        km, evicted = got
+        pid = peer.peer_id
+        self._install(km, evicted)
+        self.dp.set_endpoint(pid, addr)
+        self.dp.add_bytes(pid, rx=len(data))
+        self.timer_state.session_derived(pid, now)
+        self.timer_state.handshake_complete(pid, now, now, True)
+        self.last_handshake_wall[pid] = time.time()
+        # Staged packets confirm the session; with none, a keepalive does (whitepaper 6.5).
+        if peer.staged:
+            self._send_staged(peer, now)
+        else:
+            self._send_keepalive(peer, now)
