@@ -118,8 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     os.setsid()
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 0)
-    os.dup2(devnull, 1)
-    if _log_level() > logging.ERROR:
+    # As wireguard-go: the detached daemon keeps the caller's output only when LOG_LEVEL asks
+    # for logs, so that `wg-quick up` (which waits for its pipes to close) returns.
+    if not os.environ.get("LOG_LEVEL") or _log_level() > logging.ERROR:
+        os.dup2(devnull, 1)
         os.dup2(devnull, 2)
     os._exit(_run(name, w))
 
