@@ -299,3 +299,16 @@ void wg_dp_resume(wg_dp *dp)
     (void)r;
     __atomic_store_n(&dp->stop, 0, __ATOMIC_SEQ_CST);
 }
+
+void wg_dp_set_offloads(wg_dp *dp, int tun_vnet, int udp_gso, int udp_gro)
+{
+    dp->tun_vnet = tun_vnet;
+    dp->udp_gso4 = dp->udp_gso6 = udp_gso;
+    dp->udp_gro = udp_gro;
+}
+
+int wg_dp_offloads(wg_dp *dp)
+{
+    return (dp->tun_vnet ? 1 : 0) | (dp->udp_gso4 ? 2 : 0) | (dp->udp_gso6 ? 4 : 0) |
+           (dp->udp_gro ? 8 : 0);
+}

@@ -2,7 +2,9 @@
  * receive.c -- the inbound flow, run to completion by one thread per UDP socket:
  *
  *   1. wait until the socket is readable, then recvmmsg up to WG_IO_BATCH datagrams, each into
- *      a ring slot at offset 0, with its source address;
+ *      a ring slot at offset 0, with its source address.  With UDP GRO a read may hold a train
+ *      of equal-sized datagrams from one source: they are then read into large buffers and
+ *      split into slots;
  *   2. handshake messages (types 1-3) go to Python as WG_EV_HANDSHAKE events; anything that is
  *      not a plausible transport message is a counted drop;
  *   3. wg_open_batch looks each transport message's receiver index up, pre-checks the replay
@@ -12,7 +14,9 @@
  *      back to the peer that sent it (else WG_DROP_ALLOWED_IPS);
  *   5. per peer, once per batch: clocks and byte counters stamped, the endpoint moved to the
  *      newest authenticated source (roaming), a rekey requested when our keypair is old;
- *   6. the surviving packets are written to the TUN, one write each.
+ *   6. the surviving packets are written to the TUN, one write each; with TUN offloads,
+ *      consecutive segments of one TCP flow are first joined into one super-packet
+ *      (wg_gro_coalesce), so the kernel takes a whole train in one write.
  */
 #include "io.h"
 
@@ -21,10 +25,30 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <netinet/udp.h>
+
+#ifndef UDP_GRO
+#define UDP_GRO 104
+#endif
+
+#define GRO_BUFS     8              /* large reads per recvmmsg when UDP GRO is on */
+#define GRO_BUF_CAP  65536
+#define RECV_SLOTS   512            /* slots a GRO batch may fill before it is processed */
+#define SCRATCH_CAP  (4 * 65600)    /* TUN super-packets under construction */
+
 struct rxbatch {
     struct mmsghdr msgs[WG_IO_BATCH];
     struct iovec iov[WG_IO_BATCH];
     struct sockaddr_storage src[WG_IO_BATCH];
+    union {
+        char buf[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+    } ctl[WG_IO_BATCH];
+    uint8_t *scratch;               /* SCRATCH_CAP bytes, for wg_gro_coalesce */
+    uint8_t *pkts[WG_MAX_BATCH];
+    uint32_t lens[WG_MAX_BATCH];
+    uint8_t *outs[WG_MAX_BATCH];
+    uint32_t outlens[WG_MAX_BATCH];
 };
 
 /* Length of the IP packet at p per its own header, or 0 if it is not one that fits in len. */
@@ -53,7 +77,7 @@ static uint32_t inner_len(const uint8_t *p, uint32_t len, int *family, const uin
 static void check_and_stamp(wg_dp *dp, wg_ring *r, uint32_t n, double now)
 {
     wg_peer_clocks *c = &dp->clocks;
-    uint32_t roam_peer[WG_IO_BATCH];
+    uint32_t roam_peer[WG_IO_BATCH];        /* peers seen in this batch (the first 64) */
     wg_addr roam_addr[WG_IO_BATCH];
     uint32_t nroam = 0;
 
@@ -94,10 +118,10 @@ static void check_and_stamp(wg_dp *dp, wg_ring *r, uint32_t n, double now)
         uint32_t k = 0;
         while (k < nroam && roam_peer[k] != peer)
             k++;
-        if (k == nroam) {
+        if (k == nroam && nroam < WG_IO_BATCH)
             roam_peer[nroam++] = peer;
-        }
-        roam_addr[k] = r->addr[i];
+        if (k < nroam)
+            roam_addr[k] = r->addr[i];
 
         /* Receiving on a keypair we initiated that is nearly too old: rekey now (6.2). */
         const struct wg_keypair *kp = wg_kp_current(dp, peer);
@@ -120,87 +144,181 @@ static void check_and_stamp(wg_dp *dp, wg_ring *r, uint32_t n, double now)
     }
 }
 
-static void deliver(wg_dp *dp, wg_ring *r, uint32_t n)
+static void tun_write(wg_dp *dp, const uint8_t *p, uint32_t len)
 {
-    for (uint32_t i = 0; i < n; i++) {
-        if (r->status[i] != WG_OK || r->len[i] == 0)
-            continue;
-        ssize_t w;
-        do {
-            w = write(dp->tun_fd, wg_ring_slot(r, i) + WG_HEADROOM, r->len[i]);
-        } while (w < 0 && errno == EINTR);
-        if (w < 0)
-            wg_drop(dp, WG_DROP_IO, 1);
+    ssize_t w;
+    do {
+        w = write(dp->tun_fd, p, len);
+    } while (w < 0 && errno == EINTR);
+    if (w < 0)
+        wg_drop(dp, WG_DROP_IO, 1);
+}
+
+static void deliver(wg_dp *dp, wg_ring *r, uint32_t n, struct rxbatch *rb)
+{
+    if (!dp->tun_vnet) {
+        for (uint32_t i = 0; i < n; i++)
+            if (r->status[i] == WG_OK && r->len[i])
+                tun_write(dp, wg_ring_slot(r, i) + WG_HEADROOM, r->len[i]);
+        return;
     }
+    uint32_t k = 0;
+    for (uint32_t i = 0; i <= n; i++) {
+        if (k == WG_MAX_BATCH || (i == n && k)) {
+            uint32_t w = wg_gro_coalesce(rb->pkts, rb->lens, k, rb->scratch, SCRATCH_CAP,
+                                         rb->outs, rb->outlens, WG_MAX_BATCH);
+            for (uint32_t j = 0; j < w; j++)
+                tun_write(dp, rb->outs[j], rb->outlens[j]);
+            k = 0;
+        }
+        if (i == n)
+            break;
+        if (r->status[i] == WG_OK && r->len[i]) {
+            rb->pkts[k] = wg_ring_slot(r, i) + WG_HEADROOM;
+            rb->lens[k++] = r->len[i];
+        }
+    }
+}
+
+/* Steps 2-6 for slots [0, n), each holding a datagram (len, addr) with status WG_OK. */
+static void process(wg_dp *dp, wg_ring *r, uint32_t n, struct rxbatch *rb)
+{
+    double now = wg_now();
+    for (uint32_t i = 0; i < n; i++) {
+        uint8_t *m = wg_ring_slot(r, i);
+        uint32_t len = r->len[i];
+        if (r->status[i] != WG_OK)
+            continue;
+        if (len >= 4 && m[0] >= 1 && m[0] <= 3 && !m[1] && !m[2] && !m[3]) {
+            r->status[i] = WG_DROP_HANDSHAKE;
+            wg_ev_push(dp, WG_EV_HANDSHAKE, 0, 0, &r->addr[i], m, len);
+        }
+    }
+    uint32_t i = 0;
+    while (i < n) {
+        if (r->status[i] != WG_OK) {
+            i++;
+            continue;
+        }
+        uint32_t j = i;
+        while (j < n && r->status[j] == WG_OK)
+            j++;
+        wg_open_batch(dp, r, i, j - i, now);
+        i = j;
+    }
+    check_and_stamp(dp, r, n, now);
+    deliver(dp, r, n, rb);
+}
+
+static void prepare(struct rxbatch *rb, uint32_t count)
+{
+    for (uint32_t i = 0; i < count; i++) {
+        struct msghdr *h = &rb->msgs[i].msg_hdr;
+        memset(h, 0, sizeof(*h));
+        h->msg_iov = &rb->iov[i];
+        h->msg_iovlen = 1;
+        h->msg_name = &rb->src[i];
+        h->msg_namelen = sizeof(rb->src[i]);
+        h->msg_control = rb->ctl[i].buf;
+        h->msg_controllen = sizeof(rb->ctl[i].buf);
+    }
+}
+
+/* The segment size of a GRO read, or 0 when it is one datagram. */
+static uint32_t gro_size(struct msghdr *h)
+{
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(h); c; c = CMSG_NXTHDR(h, c))
+        if (c->cmsg_level == SOL_UDP && c->cmsg_type == UDP_GRO) {
+            int v;
+            memcpy(&v, CMSG_DATA(c), sizeof(v));
+            return v > 0 ? (uint32_t)v : 0;
+        }
+    return 0;
 }
 
 int wg_run_receive(wg_dp *dp, int udp_fd)
 {
     /* A slot takes the largest transport message the MTU allows, plus room to spot larger. */
     uint32_t cap = (dp->mtu > 1500 ? dp->mtu : 1500) + 64;
-    wg_ring *r = wg_ring_new(WG_IO_BATCH, cap);
+    uint32_t msg_cap = cap + WG_HEADROOM;   /* message = header + plaintext + tag */
+    int gro = dp->udp_gro;
+    uint32_t nslots = gro ? RECV_SLOTS : WG_IO_BATCH;
+    uint32_t nbufs = gro ? GRO_BUFS : WG_IO_BATCH;
+    wg_ring *r = wg_ring_new(nslots, cap);
     struct rxbatch *rb = calloc(1, sizeof(*rb));
-    if (!r || !rb) {
+    uint8_t *bufs = gro ? malloc((size_t)GRO_BUFS * GRO_BUF_CAP) : NULL;
+    uint8_t *scratch = dp->tun_vnet ? malloc(SCRATCH_CAP) : NULL;
+    if (!r || !rb || (gro && !bufs) || (dp->tun_vnet && !scratch)) {
         wg_ring_free(r);
         free(rb);
+        free(bufs);
+        free(scratch);
         return -ENOMEM;
     }
-    uint32_t msg_cap = cap + WG_HEADROOM;   /* message = header + plaintext + tag */
-    for (uint32_t i = 0; i < WG_IO_BATCH; i++) {
-        rb->iov[i].iov_base = wg_ring_slot(r, i);
-        rb->iov[i].iov_len = msg_cap;
+    rb->scratch = scratch;
+    for (uint32_t i = 0; i < nbufs; i++) {
+        rb->iov[i].iov_base = gro ? bufs + (size_t)i * GRO_BUF_CAP : wg_ring_slot(r, i);
+        rb->iov[i].iov_len = gro ? GRO_BUF_CAP : msg_cap;
     }
     int fails = 0;
     while (wg_wait_readable(dp, udp_fd)) {
-        for (uint32_t i = 0; i < WG_IO_BATCH; i++) {
-            struct msghdr *h = &rb->msgs[i].msg_hdr;
-            memset(h, 0, sizeof(*h));
-            h->msg_iov = &rb->iov[i];
-            h->msg_iovlen = 1;
-            h->msg_name = &rb->src[i];
-            h->msg_namelen = sizeof(rb->src[i]);
-        }
-        int got = recvmmsg(udp_fd, rb->msgs, WG_IO_BATCH, MSG_DONTWAIT, NULL);
+        prepare(rb, nbufs);
+        int got = recvmmsg(udp_fd, rb->msgs, nbufs, MSG_DONTWAIT, NULL);
         if (got <= 0) {
             if (got < 0 && errno != EAGAIN && errno != EINTR && ++fails > 1000)
                 break;
             continue;
         }
         fails = 0;
-        uint32_t n = (uint32_t)got;
-        double now = wg_now();
-
-        /* Step 2: sort handshake messages out; runs of transport messages are opened. */
-        for (uint32_t i = 0; i < n; i++) {
-            uint8_t *m = wg_ring_slot(r, i);
-            uint32_t len = rb->msgs[i].msg_len;
-            wg_addr_from_sockaddr(&r->addr[i], &rb->src[i]);
-            r->len[i] = len;
-            r->status[i] = WG_OK;
-            if (rb->msgs[i].msg_hdr.msg_flags & MSG_TRUNC) {
-                r->status[i] = WG_DROP_TOO_BIG;
-                wg_drop(dp, WG_DROP_TOO_BIG, 1);
-            } else if (len >= 4 && m[0] >= 1 && m[0] <= 3 && !m[1] && !m[2] && !m[3]) {
-                r->status[i] = WG_DROP_HANDSHAKE;
-                wg_ev_push(dp, WG_EV_HANDSHAKE, 0, 0, &r->addr[i], m, len);
+        if (!gro) {
+            /* Step 1 without GRO: every datagram is already in its own slot. */
+            for (uint32_t i = 0; i < (uint32_t)got; i++) {
+                wg_addr_from_sockaddr(&r->addr[i], &rb->src[i]);
+                r->len[i] = rb->msgs[i].msg_len;
+                r->status[i] = WG_OK;
+                if (rb->msgs[i].msg_hdr.msg_flags & MSG_TRUNC) {
+                    r->status[i] = WG_DROP_TOO_BIG;
+                    wg_drop(dp, WG_DROP_TOO_BIG, 1);
+                }
+            }
+            process(dp, r, (uint32_t)got, rb);
+            continue;
+        }
+        /* Step 1 with GRO: split each train into slots, processing whenever they are full. */
+        uint32_t n = 0;
+        for (uint32_t b = 0; b < (uint32_t)got; b++) {
+            struct msghdr *h = &rb->msgs[b].msg_hdr;
+            uint32_t len = rb->msgs[b].msg_len;
+            uint32_t seg = gro_size(h);
+            if (!seg || seg > len)
+                seg = len;
+            wg_addr src;
+            wg_addr_from_sockaddr(&src, &rb->src[b]);
+            const uint8_t *p = rb->iov[b].iov_base;
+            for (uint32_t off = 0; off < len; off += seg) {
+                uint32_t l = len - off < seg ? len - off : seg;
+                if (n == nslots) {
+                    process(dp, r, n, rb);
+                    n = 0;
+                }
+                r->addr[n] = src;
+                r->len[n] = l;
+                r->status[n] = WG_OK;
+                if (l > msg_cap || (h->msg_flags & MSG_TRUNC)) {
+                    r->status[n] = WG_DROP_TOO_BIG;
+                    wg_drop(dp, WG_DROP_TOO_BIG, 1);
+                } else {
+                    memcpy(wg_ring_slot(r, n), p + off, l);
+                }
+                n++;
             }
         }
-        uint32_t i = 0;
-        while (i < n) {
-            if (r->status[i] != WG_OK) {
-                i++;
-                continue;
-            }
-            uint32_t j = i;
-            while (j < n && r->status[j] == WG_OK)
-                j++;
-            wg_open_batch(dp, r, i, j - i, now);
-            i = j;
-        }
-        check_and_stamp(dp, r, n, now);
-        deliver(dp, r, n);
+        if (n)
+            process(dp, r, n, rb);
     }
     wg_ring_free(r);
     free(rb);
+    free(bufs);
+    free(scratch);
     return 0;
 }

@@ -1,14 +1,18 @@
 /*
  * send.c -- the outbound flow, run to completion by one thread:
  *
- *   1. wait until the TUN is readable, then read up to WG_IO_BATCH packets into ring slots at
- *      HEADROOM (one read each: without IFF_VNET_HDR the TUN hands out one packet per read);
+ *   1. wait until the TUN is readable, then read packets into ring slots at HEADROOM until the
+ *      batch is full or the TUN is empty.  With TUN offloads a read may be a TSO/USO
+ *      super-packet of up to 64 KB: wg_vnet_segment cuts it into MTU-sized packets, one per
+ *      slot (the first where it was read; a plain packet is never copied);
  *   2. under the configuration lock, map each packet's destination address to a peer through
  *      the allowed-IPs trie (no owner: counted drop WG_DROP_NO_ROUTE);
  *   3. wg_seal_batch pads, numbers and seals every packet in place under its peer's current
  *      keypair; a peer without a usable keypair gets its packets handed to Python (WG_EV_STAGE)
  *      and a handshake requested;
- *   4. one sendmmsg per address family sends every sealed message from the slot it was read into;
+ *   4. one sendmmsg per address family sends every sealed message from the slot it was read
+ *      into; with UDP GSO, runs of equal-sized messages to one endpoint go as one datagram
+ *      train (UDP_SEGMENT) that the kernel splits as late as it can;
  *   5. the per-peer clocks and byte counters are stamped once per peer per batch.
  *
  * The control plane sends keepalives and staged packets with wg_send_packet, which takes the
@@ -20,11 +24,29 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/uio.h>
+
+#include <netinet/udp.h>
+
+#define SEND_SLOTS   256            /* slots a batch may fill */
+#define SEND_REFILL  128            /* with offloads: read again while this many are free */
+#define GSO_SEGS     64             /* messages in one UDP GSO train (kernel limit 64+) */
+#define GSO_BYTES    65000          /* and bytes: it must fit one IP datagram */
+#define BIG_CAP      (65536 + 2 * WG_VNET_HDR_LEN)
+
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
 
 struct txbatch {
-    struct mmsghdr msgs[WG_IO_BATCH];
-    struct iovec iov[WG_IO_BATCH];
-    struct sockaddr_storage dst[WG_IO_BATCH];
+    struct mmsghdr msgs[SEND_SLOTS];
+    struct iovec iov[SEND_SLOTS];
+    struct sockaddr_storage dst[SEND_SLOTS];
+    uint32_t nseg[SEND_SLOTS];      /* messages in each mmsghdr */
+    union {
+        char buf[CMSG_SPACE(sizeof(uint16_t))];
+        struct cmsghdr align;
+    } ctl[SEND_SLOTS];
 };
 
 /* Destination address of an IP packet at p, or NULL when it is not a sane IPv4/IPv6 packet. */
@@ -41,42 +63,91 @@ static const uint8_t *inner_dst(const uint8_t *p, uint32_t len, int *family)
     return NULL;
 }
 
-static void send_all(wg_dp *dp, int fd, struct mmsghdr *msgs, uint32_t n)
+/* Send tb->msgs[0, nm).  A GSO train the kernel refuses (EIO: no checksum offload on the
+ * route; EINVAL) turns GSO off for this family and goes again as single datagrams. */
+static void send_all(wg_dp *dp, int fd, int *gso, struct txbatch *tb, uint32_t nm)
 {
     uint32_t done = 0;
-    while (done < n) {
-        int r = sendmmsg(fd, msgs + done, n - done, 0);
-        if (r < 0) {
-            if (errno == EINTR)
-                continue;
-            /* The head message failed (unreachable, no buffer): drop it and go on. */
-            wg_drop(dp, WG_DROP_IO, 1);
-            done++;
+    while (done < nm) {
+        int r = sendmmsg(fd, tb->msgs + done, nm - done, 0);
+        if (r >= 0) {
+            done += (uint32_t)r;
             continue;
         }
-        done += (uint32_t)r;
+        if (errno == EINTR)
+            continue;
+        struct msghdr *h = &tb->msgs[done].msg_hdr;
+        if (tb->nseg[done] > 1 && (errno == EIO || errno == EINVAL) && *gso) {
+            __atomic_store_n(gso, 0, __ATOMIC_RELAXED);
+            for (size_t k = 0; k < h->msg_iovlen; k++) {
+                struct msghdr one = *h;
+                one.msg_iov = &h->msg_iov[k];
+                one.msg_iovlen = 1;
+                one.msg_control = NULL;
+                one.msg_controllen = 0;
+                if (sendmsg(fd, &one, 0) < 0)
+                    wg_drop(dp, WG_DROP_IO, 1);
+            }
+        } else {
+            /* Unreachable, no buffer space: these messages are lost, as on a wire. */
+            wg_drop(dp, WG_DROP_IO, tb->nseg[done]);
+        }
+        done++;
     }
 }
 
-/* Gather the sealed messages of one address family into tb and send them in one sendmmsg. */
+/* Gather the sealed messages of one address family into tb and send them in one sendmmsg,
+ * equal-sized runs to one endpoint as GSO trains when the socket takes them. */
 static void send_family(wg_dp *dp, wg_ring *r, uint32_t n, int family, int fd, struct txbatch *tb)
 {
-    uint32_t k = 0;
-    for (uint32_t i = 0; i < n; i++) {
-        if (r->status[i] != WG_OK || r->addr[i].family != family)
+    int *gso = family == AF_INET ? &dp->udp_gso4 : &dp->udp_gso6;
+    int use_gso = __atomic_load_n(gso, __ATOMIC_RELAXED);
+    uint32_t nm = 0, ni = 0, i = 0;
+    while (i < n) {
+        if (r->status[i] != WG_OK || r->addr[i].family != family) {
+            i++;
             continue;
-        struct mmsghdr *m = &tb->msgs[k];
+        }
+        uint32_t seg = r->len[i], total = seg, cnt = 1, first = ni;
+        tb->iov[ni].iov_base = wg_ring_slot(r, i);
+        tb->iov[ni++].iov_len = seg;
+        uint32_t j = i + 1;
+        while (use_gso && j < n && cnt < GSO_SEGS) {
+            if (r->status[j] != WG_OK || r->addr[j].family != family) {
+                j++;
+                continue;
+            }
+            if (r->len[j] > seg || total + r->len[j] > GSO_BYTES ||
+                !wg_addr_equal(&r->addr[j], &r->addr[i]))
+                break;
+            tb->iov[ni].iov_base = wg_ring_slot(r, j);
+            tb->iov[ni++].iov_len = r->len[j];
+            total += r->len[j];
+            cnt++;
+            if (r->len[j++] < seg)
+                break;          /* only the last of a train may be shorter */
+        }
+        struct mmsghdr *m = &tb->msgs[nm];
         memset(m, 0, sizeof(*m));
-        tb->iov[k].iov_base = wg_ring_slot(r, i);
-        tb->iov[k].iov_len = r->len[i];
-        m->msg_hdr.msg_iov = &tb->iov[k];
-        m->msg_hdr.msg_iovlen = 1;
-        m->msg_hdr.msg_name = &tb->dst[k];
-        m->msg_hdr.msg_namelen = wg_addr_to_sockaddr(&r->addr[i], &tb->dst[k]);
-        k++;
+        m->msg_hdr.msg_iov = &tb->iov[first];
+        m->msg_hdr.msg_iovlen = cnt;
+        m->msg_hdr.msg_name = &tb->dst[nm];
+        m->msg_hdr.msg_namelen = wg_addr_to_sockaddr(&r->addr[i], &tb->dst[nm]);
+        if (cnt > 1) {
+            m->msg_hdr.msg_control = tb->ctl[nm].buf;
+            m->msg_hdr.msg_controllen = sizeof(tb->ctl[nm].buf);
+            struct cmsghdr *c = CMSG_FIRSTHDR(&m->msg_hdr);
+            c->cmsg_level = SOL_UDP;
+            c->cmsg_type = UDP_SEGMENT;
+            c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+            uint16_t s16 = (uint16_t)seg;
+            memcpy(CMSG_DATA(c), &s16, sizeof(s16));
+        }
+        tb->nseg[nm++] = cnt;
+        i = j;
     }
-    if (k)
-        send_all(dp, fd, tb->msgs, k);
+    if (nm)
+        send_all(dp, fd, gso, tb, nm);
 }
 
 /* Steps 3-5 for slots [0, n) of r whose status is WG_OK and peer is set.  With stage set,
@@ -143,47 +214,108 @@ static void seal_and_send(wg_dp *dp, wg_ring *r, uint32_t n, double now, struct 
     }
 }
 
+/* Read one TUN packet with its vnet header into slot n (and, for a super-packet, on into
+ * big), and cut it into slots n, n+1, ...  Returns the number of packets, 0 for a counted
+ * drop, -1 when the TUN has nothing more (or failed: *err set). */
+static int read_vnet(wg_dp *dp, wg_ring *r, uint32_t n, uint8_t *big, int *err)
+{
+    uint32_t head = WG_VNET_HDR_LEN + r->data_cap;
+    uint8_t *slot = wg_ring_slot(r, n) + WG_HEADROOM - WG_VNET_HDR_LEN;
+    struct iovec iov[2] = {{slot, head}, {big + head, BIG_CAP - head}};
+    ssize_t got;
+    do {
+        got = readv(dp->tun_fd, iov, 2);
+    } while (got < 0 && errno == EINTR);
+    if (got <= 0) {
+        *err = got < 0 && errno != EAGAIN;
+        return -1;
+    }
+    const uint8_t *pkt = slot;
+    if ((uint32_t)got > head) {
+        memcpy(big, slot, head);            /* join the two parts of a super-packet */
+        pkt = big;
+    }
+    uint8_t *outs[SEND_SLOTS];
+    uint32_t max = SEND_SLOTS - n;
+    for (uint32_t k = 0; k < max; k++)
+        outs[k] = wg_ring_slot(r, n + k) + WG_HEADROOM;
+    int c = wg_vnet_segment(pkt, (uint32_t)got, outs, r->data_cap, &r->len[n], max);
+    if (c <= 0) {
+        wg_drop(dp, c == -WG_OFF_ERR_TOO_BIG || c == -WG_OFF_ERR_TOO_MANY ? WG_DROP_TOO_BIG
+                                                                          : WG_DROP_BAD_INNER, 1);
+        return 0;
+    }
+    for (int k = 0; k < c; k++)
+        r->status[n + (uint32_t)k] = WG_OK;
+    return c;
+}
+
 int wg_run_send(wg_dp *dp)
 {
     uint32_t cap = dp->mtu > 1500 ? dp->mtu : 1500;
-    wg_ring *r = wg_ring_new(WG_IO_BATCH, cap);
+    wg_ring *r = wg_ring_new(SEND_SLOTS, cap);
     struct txbatch *tb = calloc(1, sizeof(*tb));
-    if (!r || !tb) {
+    uint8_t *big = malloc(BIG_CAP);
+    if (!r || !tb || !big) {
         wg_ring_free(r);
         free(tb);
+        free(big);
         return -ENOMEM;
     }
+    int vnet = dp->tun_vnet;
     int fails = 0;
     while (wg_wait_readable(dp, dp->tun_fd)) {
         uint32_t n = 0;
-        while (n < WG_IO_BATCH) {
+        int err = 0;
+        while (n + (vnet ? SEND_REFILL : 1) <= SEND_SLOTS) {
+            if (vnet) {
+                int c = read_vnet(dp, r, n, big, &err);
+                if (c < 0)
+                    break;
+                n += (uint32_t)c;
+                continue;
+            }
             uint8_t *p = wg_ring_slot(r, n) + WG_HEADROOM;
             ssize_t got = read(dp->tun_fd, p, r->data_cap);
-            if (got < 0) {
-                if (errno == EINTR)
-                    continue;
-                if (errno != EAGAIN && ++fails > 1000)
-                    goto out;   /* the TUN is gone */
+            if (got < 0 && errno == EINTR)
+                continue;
+            if (got <= 0) {
+                err = got < 0 && errno != EAGAIN;
                 break;
             }
-            fails = 0;
-            if (got == 0)
-                break;
             r->len[n] = (uint32_t)got;
             r->status[n] = WG_OK;
             n++;
         }
+        if (err && ++fails > 1000)
+            break;      /* the TUN is gone */
+        if (!err)
+            fails = 0;
         if (!n)
             continue;
 
-        /* Step 2: route every packet under one read lock. */
+        /* Step 2: route every packet under one read lock; segments of one super-packet share
+         * their destination, so the last answer is reused. */
         uint32_t keep = 0;
+        int last_peer = -1, last_fam = 0;
+        uint8_t last_dst[16];
         pthread_rwlock_rdlock(&dp->lock);
         for (uint32_t i = 0; i < n; i++) {
             int fam;
             const uint8_t *p = wg_ring_slot(r, i) + WG_HEADROOM;
             const uint8_t *dst = inner_dst(p, r->len[i], &fam);
-            int peer = dst ? wg_aip_lookup_nolock(fam == AF_INET ? dp->aip4 : dp->aip6, fam, dst) : -1;
+            int peer = -1;
+            if (dst) {
+                size_t alen = fam == AF_INET ? 4 : 16;
+                if (fam == last_fam && !memcmp(dst, last_dst, alen)) {
+                    peer = last_peer;
+                } else {
+                    peer = wg_aip_lookup_nolock(fam == AF_INET ? dp->aip4 : dp->aip6, fam, dst);
+                    last_fam = fam;
+                    last_peer = peer;
+                    memcpy(last_dst, dst, alen);
+                }
+            }
             if (peer < 0) {
                 wg_drop(dp, dst ? WG_DROP_NO_ROUTE : WG_DROP_BAD_INNER, 1);
                 continue;
@@ -204,9 +336,9 @@ int wg_run_send(wg_dp *dp)
         if (keep)
             seal_and_send(dp, r, keep, wg_now(), tb, 1);
     }
-out:
     wg_ring_free(r);
     free(tb);
+    free(big);
     return 0;
 }
 

@@ -211,7 +211,14 @@ void wg_dp_set_fds(wg_dp *dp, int tun_fd, int udp4_fd, int udp6_fd);
 int  wg_run_send(wg_dp *dp);        /* TUN -> allowed IPs -> seal -> UDP */
 int  wg_run_receive(wg_dp *dp, int udp_fd);   /* UDP -> open -> replay -> allowed IPs -> TUN */
 void wg_dp_stop(wg_dp *dp);
-void wg_dp_resume(wg_dp *dp);      /* after wg_dp_stop and the loops returned: allow new loops */
+void wg_dp_resume(wg_dp *dp);
+/* Offloads for the loops, set before starting them: tun_vnet = the TUN was opened with
+ * IFF_VNET_HDR and TUNSETOFFLOAD (reads may be TSO/USO super-packets, writes may be GRO
+ * super-packets); udp_gso = try UDP_SEGMENT on send (turned off by itself on EIO);
+ * udp_gro = UDP_GRO is on for the sockets (reads may carry many datagrams). */
+void wg_dp_set_offloads(wg_dp *dp, int tun_vnet, int udp_gso, int udp_gro);
+/* What the loops use now (udp_gso may have been turned off by a failed send). */
+int  wg_dp_offloads(wg_dp *dp);     /* bit 0 tun_vnet, bit 1 udp_gso v4, 2 udp_gso v6, 3 udp_gro */      /* after wg_dp_stop and the loops returned: allow new loops */
 /* Seal and send one plaintext packet (len 0 = keepalive) to a peer now: staged packets and
  * keepalives from the control plane.  Returns WG_OK or a drop reason. */
 int  wg_send_packet(wg_dp *dp, uint32_t peer, const uint8_t *pkt, uint32_t len, double now);

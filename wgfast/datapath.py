@@ -350,6 +350,15 @@ class DataPlane:
     def send_packet(self, peer: int, packet: bytes, now: float) -> int:
         return int(lib.wg_send_packet(self._dp, peer, packet, len(packet), now))
 
+    def set_offloads(self, tun_vnet: bool, udp_gso: bool, udp_gro: bool) -> None:
+        """Tell the loops what the descriptors were opened with (before start())."""
+        lib.wg_dp_set_offloads(self._dp, int(tun_vnet), int(udp_gso), int(udp_gro))
+
+    def offloads(self) -> dict[str, bool]:
+        bits = lib.wg_dp_offloads(self._dp)
+        return {"tun_vnet": bool(bits & 1), "udp_gso4": bool(bits & 2),
+                "udp_gso6": bool(bits & 4), "udp_gro": bool(bits & 8)}
+
     def start(self, tun_fd: int, udp4_fd: int, udp6_fd: int) -> None:
         """Start the send thread and one receive thread per socket (-1 = no such socket)."""
         import threading

@@ -54,6 +54,15 @@ SOCKET_BUFFER = 4 << 20          # UDP socket buffers (forced as root): bursts o
 UNDER_LOAD_EVENTS = 128          # handshake messages in one wake-up that mean "under load"
 UNDER_LOAD_HOLD = 1.0            # and how long that verdict lasts
 HOUSEKEEPING = 1.0               # MTU, interface and UAPI socket checks
+SOL_UDP = 17
+UDP_GRO = 104
+TUN_OFFLOADS = (lib.WG_TUN_F_CSUM | lib.WG_TUN_F_TSO4 | lib.WG_TUN_F_TSO6 | lib.WG_TUN_F_TSO_ECN)
+TUN_USO = lib.WG_TUN_F_USO4 | lib.WG_TUN_F_USO6
+
+
+def offloads_default() -> bool:
+    """TUN and UDP offloads are on unless WGFAST_OFFLOADS=off (for comparisons and tests)."""
+    return os.environ.get("WGFAST_OFFLOADS", "on").lower() not in ("off", "0", "no", "false")
 
 
 class DeviceError(Exception):
@@ -104,8 +113,10 @@ class Device:
 
     def __init__(self, name: str, *, mtu: int = 1420, max_peers: int = 1024,
                  uapi_path: str | None = None, serve_uapi: bool = True,
-                 aead: str | None = None) -> None:
+                 aead: str | None = None, offloads: bool | None = None) -> None:
         self.requested_name = name
+        self.offloads = offloads_default() if offloads is None else offloads
+        self.udp_gro = False
         self.name = name
         self.mtu = mtu
         self.max_peers = max_peers
@@ -153,11 +164,21 @@ class Device:
         except (ValueError, RuntimeError) as e:
             raise DeviceError(str(e)) from None
         try:
-            self.tun = Tun(self.requested_name, self.mtu, nonblocking=True)
+            self.tun = Tun(self.requested_name, self.mtu, nonblocking=True,
+                           vnet_hdr=self.offloads)
         except OSError as e:
             raise DeviceError(f"cannot create TUN interface {self.requested_name!r}: "
                               f"{e.strerror or e}") from None
         self.name = self.tun.name
+        if self.offloads:
+            # Checksum and TSO let the kernel hand us 64 KB TCP super-packets; USO (Linux
+            # 6.2+) the same for UDP.  Older kernels refuse flags they do not know.
+            for flags in (TUN_OFFLOADS | TUN_USO, TUN_OFFLOADS, 0):
+                try:
+                    self.tun.set_offload(flags)
+                    break
+                except OSError:
+                    continue
         self.dp = DataPlane(self.max_peers, mtu=self.mtu)
         self._clocks = timers.Clocks(want_handshake=self.dp.want_handshake,
                                      active=self.dp.active, **self.dp.clocks)
@@ -198,6 +219,11 @@ class Device:
         assert self.dp is not None and self.tun is not None
         self._ring_mtu = self.mtu
         self.dp.set_mtu(self.mtu)
+        socks = [s for s in (self.sock4, self.sock6) if s is not None]
+        gro = self.offloads and all(s.getsockopt(SOL_UDP, UDP_GRO) for s in socks) \
+            if socks else False
+        self.udp_gro = bool(gro)
+        self.dp.set_offloads(self.tun.vnet_hdr, self.offloads, self.udp_gro)
         self.dp.start(self.tun.fileno(),
                       self.sock4.fileno() if self.sock4 else -1,
                       self.sock6.fileno() if self.sock6 else -1)
@@ -261,6 +287,11 @@ class Device:
                 if s4 is None and s6 is None:
                     raise OSError(errno.EAFNOSUPPORT, "neither IPv4 nor IPv6 is available")
                 real = (s4 or s6).getsockname()[1]  # type: ignore[union-attr]
+                if self.offloads:
+                    for s in (s4, s6):
+                        if s is not None:
+                            with contextlib.suppress(OSError):
+                                s.setsockopt(SOL_UDP, UDP_GRO, 1)
                 return s4, s6, real
             except OSError as e:
                 for s in (s4, s6):
