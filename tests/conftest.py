@@ -8,14 +8,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from wgfast.netns import WGFAST, WIREGUARD_GO, Implementation, Topology
+from wgfast.netns import WGFAST, WGFAST_NO_OFFLOADS, WIREGUARD_GO, Implementation, Topology
 
 # Every namespace/interface a test creates starts with this prefix (must be unique per runner).
-NETNS_PREFIX = os.environ.get("WGFAST_NETNS_PREFIX", "h4")
+NETNS_PREFIX = os.environ.get("WGFAST_NETNS_PREFIX", "wgt")
 
 IMPLEMENTATIONS: dict[str, Implementation] = {
     "wireguard-go": WIREGUARD_GO,
     "wgfast": WGFAST,
+    "wgfast-nooff": WGFAST_NO_OFFLOADS,
 }
 
 

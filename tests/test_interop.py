@@ -40,10 +40,13 @@ PAIRS = [
     ("wgfast", "wireguard-go"),
     ("wireguard-go", "wgfast"),
     ("wireguard-go", "wireguard-go"),
+    # Offloads forced off on one side: per-packet TUN and UDP I/O must interoperate too.
+    ("wgfast-nooff", "wireguard-go"),
+    ("wgfast", "wgfast-nooff"),
 ]
 
 
-SHORT = {"wgfast": "wgfast", "wireguard-go": "wggo"}
+SHORT = {"wgfast": "wgfast", "wireguard-go": "wggo", "wgfast-nooff": "wgfastnooff"}
 
 
 @pytest.fixture(params=PAIRS, ids=[f"{SHORT[a]}-{SHORT[b]}" for a, b in PAIRS])

@@ -103,6 +103,9 @@ class Implementation:
 
 WIREGUARD_GO = Implementation("wireguard-go", ["wireguard-go", "-f"])
 WGFAST = Implementation("wgfast", [sys.executable, "-m", "wgfast.daemon", "-f"])
+# The same daemon with TUN and UDP offloads forced off: per-packet reads and writes.
+WGFAST_NO_OFFLOADS = Implementation("wgfast-nooff", [sys.executable, "-m", "wgfast.daemon", "-f"],
+                                    env={"WGFAST_OFFLOADS": "off"})
 
 
 def implementation_for_binary(path: str, name: str | None = None) -> Implementation:
