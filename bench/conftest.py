@@ -43,6 +43,12 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
           f"{ratio(f'seal {be} 1420 b128', f'loop {be} 1420')}")
         w(f"batch seal vs PyNaCl loop at 64 B, b=128 [{be}]: "
           f"{ratio(f'seal {be} 64 b128', 'pynacl 64', 1)}")
+    for size in (64, 1420):
+        for lbl in sorted(rows):
+            if lbl.startswith("dataplane ") and lbl.endswith(f" {size}"):
+                be = lbl.split()[1]
+                w(f"data plane seal+open vs crypto alone at {size} B [{be}]: "
+                  f"{ratio(lbl, f'crypto-only x2 {be} {size}')}")
     chosen = config.cache.get("wgfast/chosen_backend", None) if config.cache else None
     if chosen:
         w(f"chosen backend ({chosen}) vs libsodium, batch seal 1420 B b=128: "
