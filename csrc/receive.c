@@ -260,10 +260,16 @@ int wg_run_receive(wg_dp *dp, int udp_fd)
         rb->iov[i].iov_base = gro ? bufs + (size_t)i * GRO_BUF_CAP : wg_ring_slot(r, i);
         rb->iov[i].iov_len = gro ? GRO_BUF_CAP : msg_cap;
     }
-    int fails = 0;
-    while (wg_wait_readable(dp, udp_fd)) {
+    int fails = 0, more = 0;
+    for (;;) {
+        /* Sleep in poll only when the last read did not fill every buffer. */
+        if (!more && !wg_wait_readable(dp, udp_fd))
+            break;
+        if (__atomic_load_n(&dp->stop, __ATOMIC_ACQUIRE))
+            break;
         prepare(rb, nbufs);
         int got = recvmmsg(udp_fd, rb->msgs, nbufs, MSG_DONTWAIT, NULL);
+        more = got == (int)nbufs;
         if (got <= 0) {
             if (got < 0 && errno != EAGAIN && errno != EINTR && ++fails > 1000)
                 break;

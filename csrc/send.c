@@ -263,15 +263,23 @@ int wg_run_send(wg_dp *dp)
         return -ENOMEM;
     }
     int vnet = dp->tun_vnet;
-    int fails = 0;
-    while (wg_wait_readable(dp, dp->tun_fd)) {
+    int fails = 0, more = 0;
+    for (;;) {
+        /* Sleep in poll only when the last batch emptied the TUN. */
+        if (!more && !wg_wait_readable(dp, dp->tun_fd))
+            break;
+        if (__atomic_load_n(&dp->stop, __ATOMIC_ACQUIRE))
+            break;
         uint32_t n = 0;
         int err = 0;
+        more = 1;
         while (n + (vnet ? SEND_REFILL : 1) <= SEND_SLOTS) {
             if (vnet) {
                 int c = read_vnet(dp, r, n, big, &err);
-                if (c < 0)
+                if (c < 0) {
+                    more = 0;
                     break;
+                }
                 n += (uint32_t)c;
                 continue;
             }
@@ -281,6 +289,7 @@ int wg_run_send(wg_dp *dp)
                 continue;
             if (got <= 0) {
                 err = got < 0 && errno != EAGAIN;
+                more = 0;
                 break;
             }
             r->len[n] = (uint32_t)got;
