@@ -31,7 +31,7 @@
 #define UDP_GRO 104
 #endif
 
-#define GRO_BUFS     8              /* large reads per recvmmsg when UDP GRO is on */
+#define GRO_BUFS     WG_IO_BATCH    /* large reads per recvmmsg when UDP GRO is on (4 MB) */
 #define GRO_BUF_CAP  65536
 #define RECV_SLOTS   512            /* slots a GRO batch may fill before it is processed */
 #define SCRATCH_CAP  (4 * 65600)    /* TUN super-packets under construction */

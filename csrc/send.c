@@ -77,7 +77,7 @@ static void send_all(wg_dp *dp, int fd, int *gso, struct txbatch *tb, uint32_t n
         if (errno == EINTR)
             continue;
         struct msghdr *h = &tb->msgs[done].msg_hdr;
-        if (tb->nseg[done] > 1 && (errno == EIO || errno == EINVAL) && *gso) {
+        if (tb->nseg[done] > 1 && (errno == EIO || errno == EINVAL || errno == EMSGSIZE) && *gso) {
             __atomic_store_n(gso, 0, __ATOMIC_RELAXED);
             for (size_t k = 0; k < h->msg_iovlen; k++) {
                 struct msghdr one = *h;

@@ -31,6 +31,16 @@ def _log_level() -> int:
     }.get(level, logging.ERROR)
 
 
+def _max_peers() -> int:
+    """Peers the data plane has room for (WGFAST_MAX_PEERS, default 1024): its tables are
+    allocated once, about 4 KB per peer."""
+    try:
+        n = int(os.environ.get("WGFAST_MAX_PEERS", "1024"))
+    except ValueError:
+        n = 1024
+    return min(max(n, 1), 1 << 20)
+
+
 def _parse(argv: list[str]) -> tuple[bool, str] | None:
     foreground = False
     names = []
@@ -53,7 +63,7 @@ def _run(name: str, ready_fd: int | None) -> int:
 
     log = logging.getLogger("wgfast")
     try:
-        dev = Device(name)
+        dev = Device(name, max_peers=_max_peers())
         dev.open()
     except (DeviceError, OSError) as e:
         log.error("cannot start %s: %s", name, e)

@@ -54,6 +54,7 @@ SOCKET_BUFFER = 4 << 20          # UDP socket buffers (forced as root): bursts o
 UNDER_LOAD_EVENTS = 128          # handshake messages in one wake-up that mean "under load"
 UNDER_LOAD_HOLD = 1.0            # and how long that verdict lasts
 HOUSEKEEPING = 1.0               # MTU, interface and UAPI socket checks
+TUN_TXQUEUELEN = 1000
 SOL_UDP = 17
 UDP_GRO = 104
 TUN_OFFLOADS = (lib.WG_TUN_F_CSUM | lib.WG_TUN_F_TSO4 | lib.WG_TUN_F_TSO6 | lib.WG_TUN_F_TSO_ECN)
@@ -170,6 +171,10 @@ class Device:
             raise DeviceError(f"cannot create TUN interface {self.requested_name!r}: "
                               f"{e.strerror or e}") from None
         self.name = self.tun.name
+        # A deeper queue than the TUN default (500) rides out the bursts of a sender that
+        # outruns one batch; TCP's own small-queue limits keep it from filling with bulk data.
+        with contextlib.suppress(OSError):
+            self.tun.txqueuelen = TUN_TXQUEUELEN
         if self.offloads:
             # Checksum and TSO let the kernel hand us 64 KB TCP super-packets; USO (Linux
             # 6.2+) the same for UDP.  Older kernels refuse flags they do not know.

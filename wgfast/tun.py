@@ -50,6 +50,8 @@ SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
 SIOCGIFMTU = 0x8921
 SIOCSIFMTU = 0x8922
+SIOCGIFTXQLEN = 0x8942
+SIOCSIFTXQLEN = 0x8943
 IFF_UP = 0x1
 
 _IFREQ = 40     # struct ifreq: name[16] + a 24-byte union
@@ -156,6 +158,16 @@ class Tun:
     @mtu.setter
     def mtu(self, value: int) -> None:
         self._ioctl(SIOCSIFMTU, _ifreq(self.name, "i", value))
+
+    @property
+    def txqueuelen(self) -> int:
+        """Packets the kernel queues for us to read before it drops (default 500)."""
+        res = self._ioctl(SIOCGIFTXQLEN, _ifreq(self.name))
+        return struct.unpack_from("i", res, IFNAMSIZ)[0]
+
+    @txqueuelen.setter
+    def txqueuelen(self, value: int) -> None:
+        self._ioctl(SIOCSIFTXQLEN, _ifreq(self.name, "i", value))
 
     def _get_flags(self) -> int:
         res = self._ioctl(SIOCGIFFLAGS, _ifreq(self.name))
