@@ -634,7 +634,12 @@ static uint32_t seal_chunk(wg_dp *dp, wg_ring *r, uint32_t first, uint32_t n, do
     return ok;
 }
 
-uint32_t wg_seal_batch(wg_dp *dp, wg_ring *r, uint32_t first, uint32_t n, double now)
+typedef uint32_t (*chunk_fn)(wg_dp *, wg_ring *, uint32_t, uint32_t, double, int, uint32_t *);
+
+/* Slots [first, first + n) in chunks of WG_MAX_BATCH, under one read lock; drops are
+ * counted once per batch. */
+static uint32_t run_slots(wg_dp *dp, wg_ring *r, uint32_t first, uint32_t n, double now,
+                          chunk_fn chunk)
 {
     if (!dp || !r || first >= r->nslots || n == 0)
         return 0;
@@ -646,11 +651,16 @@ uint32_t wg_seal_batch(wg_dp *dp, wg_ring *r, uint32_t first, uint32_t n, double
     pthread_rwlock_rdlock(&dp->lock);
     for (uint32_t at = first; at < first + n; at += WG_MAX_BATCH) {
         uint32_t c = first + n - at < WG_MAX_BATCH ? first + n - at : WG_MAX_BATCH;
-        ok += seal_chunk(dp, r, at, c, now, be, dropped);
+        ok += chunk(dp, r, at, c, now, be, dropped);
     }
     pthread_rwlock_unlock(&dp->lock);
     flush_drops(dp, dropped);
     return ok;
+}
+
+uint32_t wg_seal_batch(wg_dp *dp, wg_ring *r, uint32_t first, uint32_t n, double now)
+{
+    return run_slots(dp, r, first, n, now, seal_chunk);
 }
 
 static uint32_t open_chunk(wg_dp *dp, wg_ring *r, uint32_t first, uint32_t n, double now, int be,
@@ -750,19 +760,5 @@ static uint32_t open_chunk(wg_dp *dp, wg_ring *r, uint32_t first, uint32_t n, do
 
 uint32_t wg_open_batch(wg_dp *dp, wg_ring *r, uint32_t first, uint32_t n, double now)
 {
-    if (!dp || !r || first >= r->nslots || n == 0)
-        return 0;
-    if (n > r->nslots - first)
-        n = r->nslots - first;
-    int be = wg_aead_selected();
-    uint32_t dropped[WG_DROP_NREASONS] = {0};
-    uint32_t ok = 0;
-    pthread_rwlock_rdlock(&dp->lock);
-    for (uint32_t at = first; at < first + n; at += WG_MAX_BATCH) {
-        uint32_t c = first + n - at < WG_MAX_BATCH ? first + n - at : WG_MAX_BATCH;
-        ok += open_chunk(dp, r, at, c, now, be, dropped);
-    }
-    pthread_rwlock_unlock(&dp->lock);
-    flush_drops(dp, dropped);
-    return ok;
+    return run_slots(dp, r, first, n, now, open_chunk);
 }

@@ -188,7 +188,7 @@ class Device:
         self._clocks = timers.Clocks(want_handshake=self.dp.want_handshake,
                                      active=self.dp.active, **self.dp.clocks)
         try:
-            self._bind(0)
+            self._swap_sockets(*self._open_sockets(0, self.fwmark))
         except OSError as e:
             self.close()
             raise DeviceError(f"cannot open UDP sockets: {e}") from None
@@ -308,27 +308,13 @@ class Device:
         assert last is not None
         raise last
 
-    def _bind(self, port: int) -> None:
-        s4, s6, real = self._open_sockets(port, self.fwmark)
+    def _swap_sockets(self, s4: socket.socket | None, s6: socket.socket | None,
+                      port: int) -> None:
         old = (self.sock4, self.sock6)
-        self.sock4, self.sock6, self.listen_port = s4, s6, real
+        self.sock4, self.sock6, self.listen_port = s4, s6, port
         for s in old:
             if s is not None:
                 s.close()
-
-    def _set_listen_port(self, port: int) -> None:
-        if port == self.listen_port and port != 0:
-            return
-        s4, s6, real = self._open_sockets(port, self.fwmark)   # may raise: nothing changed
-
-        def swap() -> None:
-            old = (self.sock4, self.sock6)
-            self.sock4, self.sock6, self.listen_port = s4, s6, real
-            for s in old:
-                if s is not None:
-                    s.close()
-
-        self._restart_dataplane(swap)
 
     def _set_fwmark(self, mark: int) -> None:
         self.fwmark = mark
@@ -467,16 +453,7 @@ class Device:
         if req.private_key is not None:
             self._set_private_key(req.private_key)
         if socks is not None:
-            s4, s6, real = socks
-
-            def swap() -> None:
-                old = (self.sock4, self.sock6)
-                self.sock4, self.sock6, self.listen_port = s4, s6, real
-                for s in old:
-                    if s is not None:
-                        s.close()
-
-            self._restart_dataplane(swap)
+            self._restart_dataplane(lambda: self._swap_sockets(*socks))
         if req.fwmark is not None:
             self._set_fwmark(req.fwmark)
         if req.replace_peers:
