@@ -52,10 +52,9 @@ def _run(name: str, ready_fd: int | None) -> int:
     from wgfast.device import Device, DeviceError
 
     log = logging.getLogger("wgfast")
-    try:
-        dev = Device(name)
-        dev.open()
-    except (DeviceError, OSError) as e:
+    started = False
+
+    def fail(e: BaseException) -> int:
         log.error("cannot start %s: %s", name, e)
         if ready_fd is not None:
             os.write(ready_fd, f"E{e}".encode())
@@ -63,12 +62,27 @@ def _run(name: str, ready_fd: int | None) -> int:
         else:
             print(f"wgfast-daemon: {e}", file=sys.stderr)
         return 1
-    if ready_fd is not None:
-        os.write(ready_fd, b"K")
-        os.close(ready_fd)
-    log.info("interface %s is up", dev.name)
+
+    def ready() -> None:
+        # Only now can wg-quick configure the interface: the UAPI socket answers.
+        nonlocal started
+        started = True
+        if ready_fd is not None:
+            os.write(ready_fd, b"K")
+            os.close(ready_fd)
+        log.info("interface %s is up", dev.name)
+
     try:
-        dev.run_forever(stop_signals=(signal.SIGINT, signal.SIGTERM))
+        dev = Device(name)
+        dev.open()
+    except (DeviceError, OSError) as e:
+        return fail(e)
+    try:
+        dev.run_forever(stop_signals=(signal.SIGINT, signal.SIGTERM), on_ready=ready)
+    except (DeviceError, OSError) as e:
+        if started:
+            raise
+        return fail(e)          # e.g. another daemon serves this interface's UAPI socket
     finally:
         dev.close()
     log.info("interface %s shut down", name)
@@ -83,8 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     parsed = _parse(argv)
     if parsed is None:
-        print(USAGE, file=sys.stderr)
-        return 2
+        # As wireguard-go: the usage line on stdout, and exit status 0.
+        print(USAGE)
+        return 0
     foreground, name = parsed
     if os.geteuid() != 0:
         print("wgfast-daemon: must run as root (it creates a TUN interface)", file=sys.stderr)
