@@ -5,10 +5,12 @@ become events; the endpoint roams to the newest authenticated source."""
 from __future__ import annotations
 
 import os
+import time
 
 from test_dataplane import (  # noqa: F401  (plane_fixture provides `plane`)
     LOCAL,
     LOCAL_INDEX,
+    OTHER_IP,
     PEER_IP,
     Plane,
     needs_root,
@@ -133,3 +135,45 @@ def test_endpoint_roams_to_newest_authenticated_source(plane: Plane) -> None:
 def test_oversized_datagram_counted(plane: Plane) -> None:
     plane.remote.sendto(bytes([4, 0, 0, 0]) + bytes(4000), plane.addr)   # > MTU + overhead
     assert until(lambda: plane.drops(lib.WG_DROP_TOO_BIG) == 1)
+
+
+def test_first_data_confirms_responder_keypair(plane: Plane) -> None:
+    """Peer 1's keypair from a handshake we answered waits as "next"; its first data message
+    makes it current and tells Python (WG_EV_CONFIRMED)."""
+    send_key, recv_key = os.urandom(32), os.urandom(32)
+    plane.dp.keypair_install(1, 0x5151, 0x6161, send_key, recv_key, time.monotonic(),
+                             initiator=False, current=False)
+    assert plane.dp.keypair_current(1) is None
+    plane.dp.pop_events()
+    msg = seal(recv_key, 0x5151, 0, udp4(OTHER_IP, 9999, LOCAL, plane.app.getsockname()[1],
+                                         b"hi"))
+    plane.remote.sendto(msg, plane.addr)
+    data, addr = plane.app.recvfrom(100)
+    assert (data, addr) == (b"hi", (OTHER_IP, 9999))
+    [ev] = plane.wait_events(lib.WG_EV_CONFIRMED)
+    assert (ev[1], ev[2]) == (1, 0x5151)
+    assert plane.dp.keypair_current(1) == 0x5151
+    assert plane.dp.get_endpoint(1) == plane.remote.getsockname()
+    # Only once.
+    plane.remote.sendto(seal(recv_key, 0x5151, 1, b""), plane.addr)
+    assert until(lambda: int(plane.dp.rx_bytes[1]) == len(msg) + lib.WG_MIN_DATA_LEN)
+    assert [e for e in plane.dp.pop_events() if e[0] == lib.WG_EV_CONFIRMED] == []
+
+
+def test_old_keypairs_expire_and_ask_for_rekey(plane: Plane) -> None:
+    now = time.monotonic()
+    k_old, k_aging = os.urandom(32), os.urandom(32)
+    # Past REJECT_AFTER_TIME (180 s): refused.
+    plane.dp.keypair_install(1, 0x7001, 1, os.urandom(32), k_old, now - 181, True, True)
+    plane.remote.sendto(seal(k_old, 0x7001, 0, b""), plane.addr)
+    assert until(lambda: plane.drops(lib.WG_DROP_EXPIRED) == 1)
+    assert plane.dp.clocks["last_auth_recv"][1] == 0
+    # Our own (initiator) keypair past REJECT - KEEPALIVE - REKEY_TIMEOUT (165 s): data
+    # still flows, and a handshake is requested (whitepaper 6.2).
+    plane.dp.keypair_remove(LOCAL_INDEX)
+    plane.dp.keypair_install(0, 0x7002, 1, os.urandom(32), k_aging, now - 166, True, True)
+    plane.dp.pop_events()
+    plane.remote.sendto(seal(k_aging, 0x7002, 0, to_app(plane, b"late")), plane.addr)
+    expect_app(plane, b"late")
+    evs = plane.wait_events(lib.WG_EV_NEED_HANDSHAKE)
+    assert [e[1] for e in evs] == [0] and plane.dp.want_handshake[0] == 1

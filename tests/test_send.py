@@ -4,8 +4,10 @@ the peer's endpoint (opened here by PyNaCl), or are counted/staged when they can
 from __future__ import annotations
 
 import ipaddress
+import time
 
 from test_dataplane import (  # noqa: F401  (plane is a fixture)
+    LOCAL_INDEX,
     OTHER_IP,
     PEER_IP,
     REMOTE_INDEX,
@@ -93,3 +95,17 @@ def test_no_endpoint_and_too_big(plane: Plane) -> None:
     plane.app.sendto(b"fits", (PEER_IP, 9))
     _, _, pt = unseal(plane.send_key, plane.recv_remote())
     assert pt[28:32] == b"fits"
+
+
+def test_aging_keypair_still_sends_and_asks_for_rekey(plane: Plane) -> None:
+    """Our keypair past REKEY_AFTER_TIME (120 s): packets still go out under it, and C asks
+    for a new handshake (whitepaper 6.2)."""
+    plane.dp.keypair_remove(LOCAL_INDEX)
+    plane.dp.keypair_install(0, 0x9001, 0x9002, plane.send_key, plane.recv_key,
+                             time.monotonic() - 121, initiator=True, current=True)
+    plane.dp.pop_events()
+    plane.app.sendto(b"old key", (PEER_IP, 9))
+    receiver, _, pt = unseal(plane.send_key, plane.recv_remote())
+    assert receiver == 0x9002 and pt[28:35] == b"old key"
+    evs = plane.wait_events(lib.WG_EV_NEED_HANDSHAKE)
+    assert [e[1] for e in evs] == [0]
