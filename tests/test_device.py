@@ -208,3 +208,23 @@ def test_interface_deleted_stops_the_device(one: Side) -> None:
     assert path is not None and os.path.exists(path)
     sh("ip", "-n", one.ns, "link", "del", one.dev.name)
     assert until(lambda: not os.path.exists(path), 10)
+
+
+def test_mtu_follows_the_interface(two: tuple[Side, Side]) -> None:
+    """`ip link set mtu` is picked up by housekeeping: lower takes effect in place, higher
+    than the rings were sized for restarts the data plane with larger ones."""
+    a, b = two
+    a.dev.add_peer(b.me.public, endpoint=f"{UNDER[1]}:{b.dev.listen_port}",
+                   allowed_ips=[f"{INNER[1]}/32"])
+    b.dev.add_peer(a.me.public, allowed_ips=[f"{INNER[0]}/32"])
+    sh("ip", "-n", a.ns, "link", "set", a.dev.name, "mtu", "1280")
+    assert until(lambda: a.dev.mtu == 1280)
+    for side in (a, b):
+        sh("ip", "-n", side.ns, "link", "set", side.dev.name, "mtu", "4000")
+    assert until(lambda: a.dev.mtu == 4000 and b.dev.mtu == 4000)
+    # A 3,900-byte inner packet crosses whole (outer datagrams fragment on the veth).
+    r = subprocess.run(["ip", "netns", "exec", a.ns, "ping", "-c", "2", "-i", "0.2", "-W", "3",
+                        "-M", "do", "-s", "3872", INNER[1]], capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert a.dev.drops()["too_big"] == 0 and b.dev.drops()["too_big"] == 0
