@@ -82,7 +82,10 @@ def _run(name: str, ready_fd: int | None) -> int:
     except (DeviceError, OSError) as e:
         if started:
             raise
-        return fail(e)          # e.g. another daemon serves this interface's UAPI socket
+        # E.g. another daemon serves this interface's UAPI socket.  Remove our interface
+        # before saying so: whoever waits for the answer finds nothing of ours left.
+        dev.close()
+        return fail(e)
     finally:
         dev.close()
     log.info("interface %s shut down", name)
@@ -126,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             msg += chunk
         if msg.startswith(b"K"):
             return 0
+        os.waitpid(pid, 0)      # the failed child is gone when we return
         err = msg[1:].decode(errors="replace") or "the daemon exited during start-up"
         print(f"wgfast-daemon: {err}", file=sys.stderr)
         return 1
