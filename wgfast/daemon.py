@@ -62,10 +62,9 @@ def _run(name: str, ready_fd: int | None) -> int:
     from wgfast.device import Device, DeviceError
 
     log = logging.getLogger("wgfast")
-    try:
-        dev = Device(name, max_peers=_max_peers())
-        dev.open()
-    except (DeviceError, OSError) as e:
+    started = False
+
+    def fail(e: BaseException) -> int:
         log.error("cannot start %s: %s", name, e)
         if ready_fd is not None:
             os.write(ready_fd, f"E{e}".encode())
@@ -73,12 +72,30 @@ def _run(name: str, ready_fd: int | None) -> int:
         else:
             print(f"wgfast-daemon: {e}", file=sys.stderr)
         return 1
-    if ready_fd is not None:
-        os.write(ready_fd, b"K")
-        os.close(ready_fd)
-    log.info("interface %s is up", dev.name)
+
+    def ready() -> None:
+        # Only now can wg-quick configure the interface: the UAPI socket answers.
+        nonlocal started
+        started = True
+        if ready_fd is not None:
+            os.write(ready_fd, b"K")
+            os.close(ready_fd)
+        log.info("interface %s is up", dev.name)
+
     try:
-        dev.run_forever(stop_signals=(signal.SIGINT, signal.SIGTERM))
+        dev = Device(name, max_peers=_max_peers())
+        dev.open()
+    except (DeviceError, OSError) as e:
+        return fail(e)
+    try:
+        dev.run_forever(stop_signals=(signal.SIGINT, signal.SIGTERM), on_ready=ready)
+    except (DeviceError, OSError) as e:
+        if started:
+            raise
+        # E.g. another daemon serves this interface's UAPI socket.  Remove our interface
+        # before saying so: whoever waits for the answer finds nothing of ours left.
+        dev.close()
+        return fail(e)
     finally:
         dev.close()
     log.info("interface %s shut down", name)
@@ -93,8 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     parsed = _parse(argv)
     if parsed is None:
-        print(USAGE, file=sys.stderr)
-        return 2
+        # As wireguard-go: the usage line on stdout, and exit status 0.
+        print(USAGE)
+        return 0
     foreground, name = parsed
     if os.geteuid() != 0:
         print("wgfast-daemon: must run as root (it creates a TUN interface)", file=sys.stderr)
@@ -121,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             msg += chunk
         if msg.startswith(b"K"):
             return 0
+        os.waitpid(pid, 0)      # the failed child is gone when we return
         err = msg[1:].decode(errors="replace") or "the daemon exited during start-up"
         print(f"wgfast-daemon: {err}", file=sys.stderr)
         return 1

@@ -598,14 +598,18 @@ class Device:
             self._loop_thread.join(10)
             self._loop_thread = None
 
-    def run_forever(self, stop_signals: Iterable[int] = ()) -> None:
+    def run_forever(self, stop_signals: Iterable[int] = (),
+                    on_ready: Callable[[], None] | None = None) -> None:
         """Run the control loop in this thread until a stop signal, stop(), the interface
-        being deleted or the UAPI socket being removed (what `wg-quick down` does)."""
+        being deleted or the UAPI socket being removed (what `wg-quick down` does).
+        on_ready is called once the UAPI socket accepts requests; an error before that (the
+        socket is in use) is raised before it is called."""
         if self.tun is None:
             self.open()
-        asyncio.run(self._main(tuple(stop_signals)))
+        asyncio.run(self._main(tuple(stop_signals), on_ready))
 
-    async def _main(self, stop_signals: tuple[int, ...]) -> None:
+    async def _main(self, stop_signals: tuple[int, ...],
+                    on_ready: Callable[[], None] | None = None) -> None:
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._loop_thread_id = threading.get_ident()
@@ -632,6 +636,8 @@ class Device:
             raise
         self._ready.set()
         try:
+            if on_ready is not None:
+                on_ready()
             await self._stopping.wait()
         finally:
             for t in tasks:

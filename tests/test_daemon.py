@@ -1,0 +1,289 @@
+"""wgfast-daemon's command line, as wg-quick and users meet it: the same shape as wireguard-go's,
+foreground and detached runs inside a namespace of our own, the ways it ends, and its log."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_dataplane import netns, until
+
+from wgfast import daemon
+from wgfast.uapi import SOCKET_DIR
+
+ROOT = Path(__file__).resolve().parent.parent
+DAEMON = [sys.executable, "-m", "wgfast.daemon"]
+
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0 or not os.path.exists("/dev/net/tun") or shutil.which("ip") is None
+    or shutil.which("wg") is None, reason="needs root, /dev/net/tun, iproute2 and wg")
+
+
+def env(**extra: str) -> dict[str, str]:
+    e = {k: v for k, v in os.environ.items()
+         if k not in ("LOG_LEVEL", "WG_PROCESS_FOREGROUND")}
+    e["PYTHONPATH"] = str(ROOT)
+    e.update(extra)
+    return e
+
+
+def sock_path(iface: str) -> Path:
+    return Path(SOCKET_DIR) / f"{iface}.sock"
+
+
+def daemon_pids(iface: str) -> list[int]:
+    """PIDs of wgfast daemons for this (unique, random) interface name: the ones we started."""
+    out = []
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            argv = (p / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"wgfast.daemon" in argv and iface.encode() in argv:
+            out.append(int(p.name))
+    return out
+
+
+def sock_live(iface: str) -> bool:
+    """Something accepts connections on the interface's UAPI socket."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(str(sock_path(iface)))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def link_exists(ns: str, iface: str) -> bool:
+    return subprocess.run(["ip", "-n", ns, "link", "show", "dev", iface],
+                          capture_output=True).returncode == 0
+
+
+@pytest.fixture
+def iface() -> Iterator[str]:
+    """A unique interface name; whatever daemon still serves it afterwards is stopped."""
+    name = "h6d" + secrets.token_hex(3)
+    try:
+        yield name
+    finally:
+        for pid in daemon_pids(name):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(FileNotFoundError):
+            sock_path(name).unlink()
+
+
+@pytest.fixture
+def ns() -> Iterator[str]:
+    with netns("h6dns" + secrets.token_hex(2)) as name:
+        yield name
+
+
+@pytest.fixture
+def ns2() -> Iterator[str]:
+    with netns("h6dns" + secrets.token_hex(2)) as name:
+        yield name
+
+
+def start_foreground(ns: str, iface: str, **extra: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(["ip", "netns", "exec", ns, *DAEMON, "-f", iface], cwd=ROOT,
+                            env=env(**extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    if not until(lambda: sock_live(iface) or proc.poll() is not None, 15):
+        proc.kill()
+    assert sock_live(iface), proc.communicate(timeout=10)
+    return proc
+
+
+def run_detached(ns: str, iface: str, **extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", "netns", "exec", ns, *DAEMON, iface], cwd=ROOT,
+                          env=env(**extra), capture_output=True, text=True, timeout=30)
+
+
+# ---- the command line -----------------------------------------------------------------------
+
+@pytest.mark.skipif(shutil.which("wireguard-go") is None, reason="wireguard-go not installed")
+@pytest.mark.parametrize("argv", [[], ["a", "b", "c"], ["-f"], ["-f", "a", "b"]])
+def test_usage_like_wireguard_go(argv: list[str]) -> None:
+    """Wrong argument counts: the usage line, on the same stream and with the same exit code
+    as wireguard-go (measured here, not assumed).  No interface is created by either."""
+    ref = subprocess.run(["wireguard-go", *argv], capture_output=True, text=True, timeout=10,
+                         env=env(WG_PROCESS_FOREGROUND="1"))
+    ours = subprocess.run([*DAEMON, *argv], cwd=ROOT, capture_output=True, text=True,
+                          timeout=30, env=env())
+    assert ours.returncode == ref.returncode
+    stream = "stdout" if "Usage:" in ref.stdout else "stderr"
+    assert "Usage:" in getattr(ours, stream)
+    assert "[-f/--foreground] INTERFACE-NAME" in getattr(ours, stream)
+
+
+def test_version() -> None:
+    r = subprocess.run([*DAEMON, "--version"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=30, env=env())
+    assert r.returncode == 0
+    from wgfast import __version__
+    assert r.stdout.startswith(f"wgfast-daemon v{__version__}\n")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to nobody")
+def test_not_root_refused() -> None:
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:            # the child: become nobody, run main, report its code and stderr
+        try:
+            os.close(r)
+            sys.stderr = open(w, "w")      # noqa: SIM115  (pytest replaced sys.stderr)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            code = daemon.main(["-f", "h6never0"])
+            sys.stderr.flush()
+        except BaseException:
+            code = 99
+        os._exit(code)
+    os.close(w)
+    with os.fdopen(r) as f:
+        err = f.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 1
+    assert "root" in err and not sock_path("h6never0").exists()
+
+
+# ---- running ---------------------------------------------------------------------------------
+
+@needs_root
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_foreground_signal_cleans_up(ns: str, iface: str, sig: int) -> None:
+    proc = start_foreground(ns, iface)
+    assert link_exists(ns, iface)
+    assert subprocess.run(["ip", "link", "show", "dev", iface],
+                          capture_output=True).returncode != 0      # only in its namespace
+    show = subprocess.run(["wg", "show", iface], capture_output=True, text=True, timeout=10)
+    assert show.returncode == 0 and "listening port" in show.stdout
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=15)
+    assert proc.returncode == 0, err
+    assert not sock_path(iface).exists() and not link_exists(ns, iface)
+
+
+@needs_root
+def test_detached_returns_with_socket_and_exits_when_socket_deleted(ns: str, iface: str) -> None:
+    r = run_detached(ns, iface)
+    assert r.returncode == 0, r.stderr
+    # Ready the moment the command returns: wg-quick configures it straight away.
+    assert sock_live(iface)
+    show = subprocess.run(["wg", "show", iface, "listen-port"], capture_output=True, text=True,
+                          timeout=10)
+    assert show.returncode == 0 and int(show.stdout) > 0
+    pids = daemon_pids(iface)
+    assert len(pids) == 1
+    sock_path(iface).unlink()                   # what `wg-quick down` does
+    assert until(lambda: not daemon_pids(iface), 10)
+    assert not link_exists(ns, iface)
+
+
+@needs_root
+def test_detached_exits_when_interface_deleted(ns: str, iface: str) -> None:
+    assert run_detached(ns, iface).returncode == 0
+    assert daemon_pids(iface)
+    subprocess.run(["ip", "-n", ns, "link", "del", iface], check=True, timeout=10)
+    assert until(lambda: not daemon_pids(iface), 10)
+    assert not sock_path(iface).exists()
+
+
+@needs_root
+def test_stale_socket_replaced(ns: str, iface: str) -> None:
+    os.makedirs(SOCKET_DIR, exist_ok=True)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(str(sock_path(iface)))
+    s.close()                                   # the file stays, nobody listens: stale
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with pytest.raises(ConnectionRefusedError):
+        probe.connect(str(sock_path(iface)))
+    probe.close()
+    proc = start_foreground(ns, iface)
+    try:
+        show = subprocess.run(["wg", "show", iface], capture_output=True, text=True, timeout=10)
+        assert show.returncode == 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=15)
+    assert proc.returncode == 0
+
+
+@needs_root
+@pytest.mark.parametrize("foreground", [True, False])
+def test_live_socket_refused(ns: str, ns2: str, iface: str, foreground: bool) -> None:
+    """Another daemon already serves this name (in another namespace): refused with a clear
+    error and exit 1, leaving the first one working."""
+    first = start_foreground(ns, iface)
+    try:
+        argv = [*DAEMON, "-f", iface] if foreground else [*DAEMON, iface]
+        r = subprocess.run(["ip", "netns", "exec", ns2, *argv], cwd=ROOT, env=env(),
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == 1
+        assert "in use" in r.stderr and "Traceback" not in r.stderr
+        assert not link_exists(ns2, iface)
+        assert daemon_pids(iface) == [first.pid]      # the refused one is gone
+        show = subprocess.run(["wg", "show", iface], capture_output=True, text=True, timeout=10)
+        assert show.returncode == 0
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=15)
+    assert first.returncode == 0
+
+
+@needs_root
+def test_verbose_log_never_shows_keys(ns: str, iface: str) -> None:
+    priv = subprocess.run(["wg", "genkey"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    psk = subprocess.run(["wg", "genpsk"], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    peer = subprocess.run(["wg", "pubkey"], input=subprocess.run(
+        ["wg", "genkey"], capture_output=True, text=True).stdout, capture_output=True,
+        text=True).stdout.strip()
+    proc = start_foreground(ns, iface, LOG_LEVEL="verbose")
+    try:
+        files = {"priv": priv, "psk": psk}
+        paths = {}
+        for k, v in files.items():
+            p = Path(f"/tmp/{iface}.{k}")
+            p.write_text(v + "\n")
+            p.chmod(0o600)
+            paths[k] = str(p)
+        subprocess.run(["wg", "set", iface, "private-key", paths["priv"], "listen-port", "0",
+                        "peer", peer, "preshared-key", paths["psk"], "endpoint", "127.0.0.1:9",
+                        "allowed-ips", "10.77.0.2/32"], check=True, timeout=10)
+        # A rejected request is logged too.
+        subprocess.run(["wg", "set", iface, "peer", peer, "endpoint", "nowhere.invalid:1"],
+                       capture_output=True, timeout=10)
+        subprocess.run(["ip", "-n", ns, "link", "set", iface, "up"], check=True)
+        subprocess.run(["ip", "-n", ns, "addr", "add", "10.77.0.1/24", "dev", iface], check=True)
+        subprocess.run(["ip", "netns", "exec", ns, "ping", "-c", "2", "-i", "0.2", "-W", "1",
+                        "10.77.0.2"], capture_output=True, timeout=10)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=15)
+        for k in ("priv", "psk"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"/tmp/{iface}.{k}")
+    log = out + err
+    assert proc.returncode == 0 and iface in log and len(log.splitlines()) >= 2
+    for key in (priv, psk):
+        raw = base64.b64decode(key)
+        for form in (key, raw.hex(), raw.hex().upper(), key.rstrip("=")):
+            assert form not in log

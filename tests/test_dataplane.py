@@ -1,0 +1,325 @@
+"""dataplane.c through wgfast.datapath.DataPlane: peers, endpoints, byte counters, the event ring
+and stopping the I/O loops -- with a real TUN and real UDP sockets in a namespace of our own,
+but without a Device.  The `plane` fixture here is shared by test_send.py and test_receive.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ipaddress
+import os
+import select
+import shutil
+import socket
+import struct
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import nacl.bindings as aead
+import pytest
+
+from wgfast.datapath import DataPlane, lib
+from wgfast.tun import Tun
+
+NS = "h6dp"
+TUN_NAME = "h6tun0"
+LOCAL = "10.66.0.1"           # the TUN's address (this host, inside the tunnel)
+PEER_IP = "10.66.0.2"         # the peer's allowed IP
+OTHER_IP = "10.66.0.4"        # peer 1's allowed IP (peer 1 has no keypair)
+UNROUTED = "10.66.0.3"        # in the TUN's subnet, owned by no peer
+LOCAL_INDEX, REMOTE_INDEX = 0x1111, 0x2222
+CLONE_NEWNET = 0x40000000
+
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0 or not os.path.exists("/dev/net/tun") or shutil.which("ip") is None,
+    reason="needs root, /dev/net/tun and iproute2")
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(list(args), capture_output=True, text=True, timeout=20, check=check)
+
+
+@contextlib.contextmanager
+def in_netns(name: str) -> Iterator[None]:
+    """Run the calling thread in netns `name`, then return it to where it was.  Threads
+    started meanwhile stay in `name`."""
+    with open("/proc/thread-self/ns/net") as home, open(f"/run/netns/{name}") as target:
+        if _libc.setns(target.fileno(), CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), "setns")
+        try:
+            yield
+        finally:
+            if _libc.setns(home.fileno(), CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns back")
+
+
+@contextlib.contextmanager
+def netns(name: str) -> Iterator[str]:
+    """A fresh namespace with lo up and IPv6 off (no router solicitations on the TUN)."""
+    sh("ip", "netns", "del", name, check=False)
+    sh("ip", "netns", "add", name)
+    try:
+        sh("ip", "-n", name, "link", "set", "lo", "up")
+        sh("ip", "netns", "exec", name, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
+           "net.ipv6.conf.default.disable_ipv6=1")
+        yield name
+    finally:
+        sh("ip", "netns", "del", name, check=False)
+
+
+def until(cond: Callable[[], object], timeout: float = 5.0) -> bool:
+    """Poll cond until it holds or the time is up (a bounded wait, not a timing assertion)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.01)
+    return bool(cond())
+
+
+def checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def udp4(src: str, sport: int, dst: str, dport: int, payload: bytes) -> bytes:
+    """An IPv4/UDP packet (UDP checksum 0: allowed over IPv4)."""
+    udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0x1234, 0x4000, 64, 17, 0,
+                      ipaddress.IPv4Address(src).packed, ipaddress.IPv4Address(dst).packed)
+    hdr = hdr[:10] + struct.pack("!H", checksum(hdr)) + hdr[12:]
+    return hdr + udp
+
+
+def seal(key: bytes, receiver: int, counter: int, plaintext: bytes) -> bytes:
+    """A transport message built by PyNaCl (whitepaper 5.4.6), independent of the C code."""
+    padded = plaintext + bytes(-len(plaintext) % 16)
+    nonce = bytes(4) + counter.to_bytes(8, "little")
+    ct = aead.crypto_aead_chacha20poly1305_ietf_encrypt(padded, None, nonce, key)
+    return bytes([4, 0, 0, 0]) + receiver.to_bytes(4, "little") + counter.to_bytes(8, "little") + ct
+
+
+def unseal(key: bytes, msg: bytes) -> tuple[int, int, bytes]:
+    """(receiver, counter, padded plaintext) of a transport message, opened by PyNaCl."""
+    assert msg[:4] == bytes([4, 0, 0, 0])
+    receiver = int.from_bytes(msg[4:8], "little")
+    counter = int.from_bytes(msg[8:16], "little")
+    nonce = bytes(4) + msg[8:16]
+    return receiver, counter, aead.crypto_aead_chacha20poly1305_ietf_decrypt(msg[16:], None,
+                                                                              nonce, key)
+
+
+@dataclass
+class Plane:
+    """A DataPlane running on a TUN (10.66.0.1/24) and a UDP socket on 127.0.0.1, with a
+    "remote" UDP socket playing the peer (id 0, allowed IP 10.66.0.2/32) and an application
+    socket inside the tunnel on 10.66.0.1."""
+
+    ns: str
+    dp: DataPlane
+    tun: Tun
+    sock: socket.socket          # the data plane's
+    remote: socket.socket        # the peer's outer socket
+    app: socket.socket           # an application on this host, inside the tunnel
+    send_key: bytes              # the data plane seals with it (remote opens)
+    recv_key: bytes              # the remote seals with it (data plane opens)
+
+    @property
+    def addr(self) -> tuple[str, int]:
+        return self.sock.getsockname()
+
+    def udp_socket(self) -> socket.socket:
+        with in_netns(self.ns):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("127.0.0.1", 0))
+        s.settimeout(5)
+        return s
+
+    def recv_remote(self) -> bytes:
+        """The next transport message the data plane sent to the remote."""
+        while True:
+            data = self.remote.recv(65536)
+            if data[:1] == b"\x04":
+                return data
+
+    def wait_events(self, etype: int, n: int = 1) -> list[tuple]:
+        got: list[tuple] = []
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            select.select([self.dp.eventfd()], [], [], 0.1)
+            got += [e for e in self.dp.pop_events() if e[0] == etype]
+            if len(got) >= n:
+                break
+        return got
+
+    def drops(self, reason: int) -> int:
+        return int(self.dp.drops[reason])
+
+
+@pytest.fixture(name="plane")
+def plane_fixture() -> Iterator[Plane]:
+    with netns(NS) as ns:
+        with in_netns(ns):
+            tun = Tun(TUN_NAME, mtu=1420, nonblocking=True, up=True)
+            socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
+        try:
+            sh("ip", "-n", ns, "addr", "add", f"{LOCAL}/24", "dev", TUN_NAME)
+            sock, remote, app = socks
+            sock.bind(("127.0.0.1", 0))
+            remote.bind(("127.0.0.1", 0))
+            app.bind((LOCAL, 0))
+            for s in (remote, app):
+                s.settimeout(5)
+            dp = DataPlane(max_peers=4, mtu=1420)
+            send_key, recv_key = os.urandom(32), os.urandom(32)
+            dp.peer_add(0)
+            dp.aip_insert(0, ipaddress.ip_network(f"{PEER_IP}/32"))
+            dp.keypair_install(0, LOCAL_INDEX, REMOTE_INDEX, send_key, recv_key,
+                               time.monotonic(), initiator=True, current=True)
+            dp.set_endpoint(0, remote.getsockname())
+            dp.peer_add(1)
+            dp.aip_insert(1, ipaddress.ip_network(f"{OTHER_IP}/32"))
+            dp.start(tun.fileno(), sock.fileno(), -1)
+            try:
+                yield Plane(ns, dp, tun, sock, remote, app, send_key, recv_key)
+            finally:
+                dp.stop()
+        finally:
+            for s in socks:
+                s.close()
+            tun.close()
+
+
+# ---- tests that need no I/O -----------------------------------------------------------------
+
+def test_peer_ids_endpoints_and_bytes() -> None:
+    dp = DataPlane(max_peers=2)
+    with pytest.raises(ValueError):
+        dp.peer_add(2)
+    dp.peer_add(1)
+    assert dp.active[1] == 1 and dp.active[0] == 0
+    assert dp.get_endpoint(1) is None
+    for ep in [("192.0.2.7", 51820), ("2001:db8::1", 1), ("fe80::1%3", 65535)]:
+        dp.set_endpoint(1, ep)
+        assert dp.get_endpoint(1) == ep
+    dp.set_endpoint(1, None)
+    assert dp.get_endpoint(1) is None
+    dp.add_bytes(1, tx=148, rx=92)
+    dp.add_bytes(1, tx=32)
+    assert (int(dp.tx_bytes[1]), int(dp.rx_bytes[1])) == (180, 92)
+    assert int(dp.tx_bytes[0]) == 0
+
+
+def test_peer_remove_forgets_keys_ips_endpoint_and_clocks() -> None:
+    dp = DataPlane(max_peers=4)
+    dp.peer_add(2)
+    dp.keypair_install(2, 77, 88, os.urandom(32), os.urandom(32), 1.0, True, True)
+    dp.keypair_install(2, 78, 89, os.urandom(32), os.urandom(32), 1.0, False, False)
+    net = ipaddress.ip_network("10.9.0.0/16")
+    dp.aip_insert(2, net)
+    dp.set_endpoint(2, ("192.0.2.1", 9))
+    dp.add_bytes(2, tx=1)
+    assert dp.keypair_current(2) == 77 and dp.aip_lookup(ipaddress.ip_address("10.9.1.1")) == 2
+    dp.peer_remove(2)
+    assert dp.active[2] == 0 and dp.keypair_current(2) is None
+    assert dp.aip_lookup(ipaddress.ip_address("10.9.1.1")) is None
+    assert dp.get_endpoint(2) is None and int(dp.tx_bytes[2]) == 0
+    # Both local indices are free again: reinstalling them works.
+    dp.peer_add(2)
+    dp.keypair_install(2, 77, 1, os.urandom(32), os.urandom(32), 1.0, True, True)
+    dp.keypair_install(2, 78, 1, os.urandom(32), os.urandom(32), 1.0, True, False)
+    with pytest.raises(OSError):
+        dp.keypair_install(2, 78, 1, os.urandom(32), os.urandom(32), 1.0, True, False)
+
+
+def test_send_packet_without_key_or_endpoint() -> None:
+    dp = DataPlane(max_peers=2)
+    dp.peer_add(0)
+    assert dp.send_packet(0, b"", time.monotonic()) == lib.WG_DROP_NO_KEY
+    assert dp.send_packet(5, b"", time.monotonic()) == lib.WG_DROP_NO_ROUTE
+    dp.keypair_install(0, 1, 2, os.urandom(32), os.urandom(32), time.monotonic(), True, True)
+    before = int(dp.drops[lib.WG_DROP_NO_ENDPOINT])
+    assert dp.send_packet(0, b"", time.monotonic()) == lib.WG_DROP_NO_ENDPOINT
+    assert int(dp.drops[lib.WG_DROP_NO_ENDPOINT]) == before + 1
+    assert dp.send_packet(0, bytes(1421), time.monotonic()) == lib.WG_DROP_TOO_BIG
+
+
+# ---- with the I/O loops ---------------------------------------------------------------------
+
+@needs_root
+def test_keepalive_via_send_packet(plane: Plane) -> None:
+    now = time.monotonic()
+    assert plane.dp.send_packet(0, b"", now) == lib.WG_OK
+    msg = plane.recv_remote()
+    receiver, counter, pt = unseal(plane.send_key, msg)
+    assert (receiver, counter, pt, len(msg)) == (REMOTE_INDEX, 0, b"", lib.WG_MIN_DATA_LEN)
+    c = plane.dp.clocks
+    # A keepalive is authenticated traffic but not data.
+    assert c["last_auth_sent"][0] == now and c["last_data_sent"][0] == 0
+    assert int(plane.dp.tx_bytes[0]) == lib.WG_MIN_DATA_LEN
+
+
+@needs_root
+def test_event_ring_overflow_is_counted(plane: Plane) -> None:
+    """More handshake-type datagrams than the event ring holds, with nobody popping: the
+    excess is counted as WG_DROP_EVENTS_FULL and what was queued is intact."""
+    sender = plane.udp_socket()
+    sender.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+    plane.sock.setsockopt(socket.SOL_SOCKET, 33, 4 << 20)   # SO_RCVBUFFORCE: keep them all
+    total = 1300
+    src = sender.getsockname()
+    try:
+        for k in range(total):
+            sender.sendto(bytes([1, 0, 0, 0]) + k.to_bytes(4, "big"), plane.addr)
+        full = lib.WG_DROP_EVENTS_FULL
+        assert until(lambda: plane.drops(full) >= total - 1024 - 2)
+        events = plane.dp.pop_events()
+    finally:
+        sender.close()
+    hs = [e for e in events if e[0] == lib.WG_EV_HANDSHAKE]
+    assert len(hs) <= 1024 and plane.drops(full) >= 1
+    assert len(hs) + plane.drops(full) == total
+    # The queued ones are the first ones, in order, each with its source.
+    assert [int.from_bytes(e[4][4:8], "big") for e in hs] == list(range(len(hs)))
+    assert all(e[3] == src for e in hs)
+    # Room again: a new one is queued.
+    plane.remote.sendto(bytes([2, 0, 0, 0]), plane.addr)
+    assert plane.wait_events(lib.WG_EV_HANDSHAKE)
+
+
+@needs_root
+def test_stop_ends_loops_and_resume_allows_new_ones(plane: Plane) -> None:
+    dp = plane.dp
+    dp.stop()
+    threads = [threading.Thread(target=lib.wg_run_send, args=(dp.handle,)),
+               threading.Thread(target=lib.wg_run_receive, args=(dp.handle, plane.sock.fileno()))]
+    lib.wg_dp_resume(dp.handle)
+    for t in threads:
+        t.start()
+    # The loops run: a keepalive goes out, a message comes in.
+    assert dp.send_packet(0, b"", time.monotonic()) == lib.WG_OK
+    plane.recv_remote()
+    plane.remote.sendto(seal(plane.recv_key, LOCAL_INDEX, 0, b""), plane.addr)
+    assert until(lambda: dp.rx_bytes[0] > 0)
+    for t in threads:
+        assert t.is_alive()
+    lib.wg_dp_stop(dp.handle)
+    for t in threads:
+        t.join(5)
+        assert not t.is_alive()
+    # Stopped: nothing is read any more.
+    rx = int(dp.rx_bytes[0])
+    plane.remote.sendto(seal(plane.recv_key, LOCAL_INDEX, 1, b""), plane.addr)
+    time.sleep(0.2)
+    assert int(dp.rx_bytes[0]) == rx
+    lib.wg_dp_resume(dp.handle)

@@ -1,0 +1,230 @@
+"""wgfast.device.Device, the in-process Python API: two devices in one process, each in a
+namespace of its own joined by a veth pair, ping through the tunnel; UAPI set semantics
+(all-or-nothing, allowed IPs moving between peers, replace_peers, update_only, our own key);
+a private key change expiring sessions; stats; close() removing the interface and socket."""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from test_dataplane import in_netns, netns, sh, until
+
+from wgfast.device import Device
+from wgfast.noise import StaticIdentity
+from wgfast.uapi import UapiError
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or not os.path.exists("/dev/net/tun") or shutil.which("ip") is None
+    or shutil.which("ping") is None, reason="needs root, /dev/net/tun, iproute2 and ping")
+
+UNDER = ("10.66.1.1", "10.66.1.2")      # veth
+INNER = ("10.66.2.1", "10.66.2.2")      # tunnel
+
+
+def link_exists(ns: str, name: str) -> bool:
+    return sh("ip", "-n", ns, "link", "show", "dev", name, check=False).returncode == 0
+
+
+@contextlib.contextmanager
+def device_in(ns: str, name: str) -> Iterator[Device]:
+    """A started Device whose TUN, sockets and threads live in namespace ns."""
+    dev = Device(name)
+    try:
+        with in_netns(ns):
+            dev.open()
+            dev.start()         # the control loop thread stays in ns (interface checks)
+        yield dev
+    finally:
+        dev.close()
+
+
+@dataclass
+class Side:
+    ns: str
+    dev: Device
+    me: StaticIdentity
+
+    @property
+    def peer_id(self) -> int:
+        return next(iter(self.dev.by_id))
+
+
+@pytest.fixture
+def one() -> Iterator[Side]:
+    with netns("h6dev" + secrets.token_hex(2)) as ns:
+        with device_in(ns, "h6w" + secrets.token_hex(3)) as dev:
+            me = StaticIdentity.generate()
+            dev.configure(private_key=me.private)
+            yield Side(ns, dev, me)
+
+
+@pytest.fixture
+def two() -> Iterator[tuple[Side, Side]]:
+    tag = secrets.token_hex(2)
+    with netns(f"h6a{tag}") as na, netns(f"h6b{tag}") as nb:
+        sh("ip", "link", "add", f"h6va{tag}", "netns", na, "type", "veth", "peer", "name",
+           f"h6vb{tag}", "netns", nb)
+        for ns, veth, addr in ((na, f"h6va{tag}", UNDER[0]), (nb, f"h6vb{tag}", UNDER[1])):
+            sh("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", veth)
+            sh("ip", "-n", ns, "link", "set", veth, "up")
+        with device_in(na, f"h6wa{tag}") as da, device_in(nb, f"h6wb{tag}") as db:
+            sides = []
+            for ns, dev, addr in ((na, da, INNER[0]), (nb, db, INNER[1])):
+                me = StaticIdentity.generate()
+                dev.configure(private_key=me.private)
+                sh("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", dev.name)
+                sh("ip", "-n", ns, "link", "set", dev.name, "up")
+                sides.append(Side(ns, dev, me))
+            yield sides[0], sides[1]
+
+
+def ping(ns: str, addr: str, count: int = 3) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", "netns", "exec", ns, "ping", "-c", str(count), "-i", "0.2",
+                           "-W", "3", addr], capture_output=True, text=True, timeout=30)
+
+
+def test_two_devices_ping_stats_rekey_and_close(two: tuple[Side, Side]) -> None:
+    a, b = two
+    a.dev.add_peer(b.me.public, endpoint=f"{UNDER[1]}:{b.dev.listen_port}",
+                   allowed_ips=[f"{INNER[1]}/32"], persistent_keepalive=0)
+    b.dev.add_peer(a.me.public, allowed_ips=[f"{INNER[0]}/32"])   # learns a's endpoint
+    r = ping(a.ns, INNER[1])
+    assert r.returncode == 0, r.stdout + r.stderr
+    [sa] = a.dev.stats()
+    [sb] = b.dev.stats()
+    assert sa.public_key == b.me.public and sb.public_key == a.me.public
+    assert sa.tx_bytes > 0 and sa.rx_bytes > 0 and sa.last_handshake is not None
+    assert sb.endpoint is not None and str(sb.endpoint.address) == UNDER[0]
+    assert sb.endpoint.port == a.dev.listen_port
+    assert sa.allowed_ips == [ipaddress.ip_network(f"{INNER[1]}/32")]
+    drops = a.dev.drops()
+    assert drops["no_route"] >= 0 and "handshake_rejected" in drops
+    # Counters keep rising with traffic.
+    assert ping(b.ns, INNER[0], 2).returncode == 0
+    [sa2] = a.dev.stats()
+    assert sa2.rx_bytes > sa.rx_bytes and sa2.tx_bytes > sa.tx_bytes
+
+    # A new private key voids the sessions made with the old one.
+    pid = a.peer_id
+    assert a.dev.dp.keypair_current(pid) is not None
+    a.me = StaticIdentity.generate()
+    a.dev.configure(private_key=a.me.private)
+    assert a.dev.dp.keypair_current(pid) is None
+    assert [s.public_key for s in a.dev.stats()] == [b.me.public]   # the peer stays
+    # b still knows a by the old key: the tunnel is down until b learns the new one.
+    b.dev.configure(f"replace_peers=true\npublic_key={a.me.public.hex()}\n"
+                    f"allowed_ip={INNER[0]}/32\n")
+    assert ping(a.ns, INNER[1], 2).returncode == 0
+
+    # close() takes the interface and the UAPI socket away.
+    path = a.dev._uapi.path if a.dev._uapi else None
+    assert path is not None and os.path.exists(path)
+    a.dev.close()
+    assert not link_exists(a.ns, a.dev.name) and not os.path.exists(path)
+    a.dev.close()                                   # idempotent
+
+
+def test_set_is_all_or_nothing(one: Side) -> None:
+    dev = one.dev
+    peer = StaticIdentity.generate().public
+    dev.add_peer(peer, allowed_ips=["10.9.0.0/16"])
+    with in_netns(one.ns):
+        taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    taken.bind(("0.0.0.0", 0))
+    port = taken.getsockname()[1]
+    before = dev.uapi_get()
+    new_key = StaticIdentity.generate()
+    try:
+        with pytest.raises(UapiError) as e:
+            dev.configure(f"private_key={new_key.private.hex()}\nlisten_port={port}\n"
+                          f"replace_peers=true\n"
+                          f"public_key={StaticIdentity.generate().public.hex()}\n")
+        assert e.value.errno == 98          # EADDRINUSE, as wg reports it
+    finally:
+        taken.close()
+    after = dev.uapi_get()
+    assert after.private_key == one.me.private == before.private_key
+    assert after.listen_port == before.listen_port != port
+    assert [p.public_key for p in after.peers] == [peer]
+    # The device still works: the port is free now and the same request goes through.
+    dev.configure(listen_port=port)
+    assert dev.uapi_get().listen_port == port == dev.listen_port
+
+
+def test_allowed_ip_moves_between_peers(one: Side) -> None:
+    dev = one.dev
+    p1, p2 = StaticIdentity.generate().public, StaticIdentity.generate().public
+    dev.add_peer(p1, allowed_ips=["10.9.0.0/16", "10.10.0.1/32"])
+    dev.add_peer(p2, allowed_ips=["10.9.0.0/16"])
+    ips = {s.public_key: s.allowed_ips for s in dev.stats()}
+    assert ips[p1] == [ipaddress.ip_network("10.10.0.1/32")]
+    assert ips[p2] == [ipaddress.ip_network("10.9.0.0/16")]
+    assert dev.dp.aip_lookup(ipaddress.ip_address("10.9.3.4")) == dev.peers[p2].peer_id
+    # Removing it from p2 leaves nobody owning it.
+    dev.configure(f"public_key={p2.hex()}\nreplace_allowed_ips=true\n")
+    assert dev.dp.aip_lookup(ipaddress.ip_address("10.9.3.4")) is None
+    assert dev.dp.aip_lookup(ipaddress.ip_address("10.10.0.1")) == dev.peers[p1].peer_id
+
+
+def test_replace_peers_update_only_and_own_key(one: Side) -> None:
+    dev = one.dev
+    p1, p2, p3 = (StaticIdentity.generate().public for _ in range(3))
+    dev.add_peer(p1)
+    dev.add_peer(p2)
+    dev.configure(f"replace_peers=true\npublic_key={p3.hex()}\n")
+    assert [s.public_key for s in dev.stats()] == [p3]
+    assert len(dev.by_id) == 1
+    # update_only never creates a peer, but updates an existing one.
+    dev.configure(f"public_key={p1.hex()}\nupdate_only=true\nallowed_ip=10.1.0.0/16\n"
+                  f"public_key={p3.hex()}\nupdate_only=true\nallowed_ip=10.3.0.0/16\n")
+    [s] = dev.stats()
+    assert s.public_key == p3 and s.allowed_ips == [ipaddress.ip_network("10.3.0.0/16")]
+    # Our own public key is not a peer.
+    dev.add_peer(one.me.public, allowed_ips=["10.4.0.0/16"])
+    assert [s.public_key for s in dev.stats()] == [p3]
+    assert dev.dp.aip_lookup(ipaddress.ip_address("10.4.0.1")) is None
+    # Taking a private key whose public key is a peer drops that peer.
+    other = StaticIdentity.generate()
+    dev.add_peer(other.public)
+    dev.configure(private_key=other.private)
+    assert [s.public_key for s in dev.stats()] == [p3]
+    # Removal frees the id and the data plane slot.
+    pid = dev.peers[p3].peer_id
+    dev.remove_peer(p3)
+    assert dev.stats() == [] and dev.dp.active[pid] == 0
+
+
+def test_interface_deleted_stops_the_device(one: Side) -> None:
+    path = one.dev._uapi.path if one.dev._uapi else None
+    assert path is not None and os.path.exists(path)
+    sh("ip", "-n", one.ns, "link", "del", one.dev.name)
+    assert until(lambda: not os.path.exists(path), 10)
+
+
+def test_mtu_follows_the_interface(two: tuple[Side, Side]) -> None:
+    """`ip link set mtu` is picked up by housekeeping: lower takes effect in place, higher
+    than the rings were sized for restarts the data plane with larger ones."""
+    a, b = two
+    a.dev.add_peer(b.me.public, endpoint=f"{UNDER[1]}:{b.dev.listen_port}",
+                   allowed_ips=[f"{INNER[1]}/32"])
+    b.dev.add_peer(a.me.public, allowed_ips=[f"{INNER[0]}/32"])
+    sh("ip", "-n", a.ns, "link", "set", a.dev.name, "mtu", "1280")
+    assert until(lambda: a.dev.mtu == 1280)
+    for side in (a, b):
+        sh("ip", "-n", side.ns, "link", "set", side.dev.name, "mtu", "4000")
+    assert until(lambda: a.dev.mtu == 4000 and b.dev.mtu == 4000)
+    # A 3,900-byte inner packet crosses whole (outer datagrams fragment on the veth).
+    r = subprocess.run(["ip", "netns", "exec", a.ns, "ping", "-c", "2", "-i", "0.2", "-W", "3",
+                        "-M", "do", "-s", "3872", INNER[1]], capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert a.dev.drops()["too_big"] == 0 and b.dev.drops()["too_big"] == 0
