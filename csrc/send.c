@@ -333,6 +333,10 @@ int wg_run_send(wg_dp *dp)
                 wg_drop(dp, WG_DROP_TOO_BIG, 1);
                 continue;
             }
+            if (dp->endpoints[peer].family == 0) {
+                wg_drop(dp, WG_DROP_NO_ENDPOINT, 1);    /* before a counter is spent on it */
+                continue;
+            }
             if (keep != i) {
                 memcpy(wg_ring_slot(r, keep) + WG_HEADROOM, p, r->len[i]);
                 r->len[keep] = r->len[i];

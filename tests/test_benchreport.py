@@ -17,7 +17,9 @@ from wgfast.netns import iperf3_available
 
 
 def _namespaces() -> str:
-    return subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    # Only ours: other test runs on the machine may come and go meanwhile.
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return "\n".join(sorted(ln for ln in out.splitlines() if ln.startswith(NETNS_PREFIX)))
 
 
 def test_quick_report(tmp_path: Path) -> None:

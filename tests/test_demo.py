@@ -16,7 +16,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _namespaces() -> str:
-    return subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    # Only ours: other test runs on the machine may come and go meanwhile.
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return "\n".join(sorted(ln for ln in out.splitlines() if ln.startswith(NETNS_PREFIX)))
 
 
 @pytest.mark.parametrize("impl", ["wgfast", "wireguard-go"])

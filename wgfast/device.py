@@ -209,7 +209,9 @@ class Device:
             self.tun.close()
             self.tun = None
         for peer in list(self.peers.values()):
-            peer.zero_keys(self.indices)
+            for idx in peer.zero_keys(self.indices):
+                if self.dp is not None:
+                    self.dp.keypair_remove(idx)      # wiped in C, not only forgotten
         self.identity = None
 
     def __enter__(self) -> Device:

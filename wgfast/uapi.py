@@ -246,7 +246,8 @@ def parse_set(lines: list[str] | str) -> SetRequest:
             break
         key, sep, value = line.partition("=")
         if not sep:
-            raise UapiError(IPC_ERROR_PROTOCOL, f"line without '=': {line!r}")
+            # The line itself is not echoed: it might be a key that lost its '='.
+            raise UapiError(IPC_ERROR_PROTOCOL, f"line without '=' ({len(line)} characters)")
         if key == "public_key":
             peer = PeerSet(parse_key_hex(value))
             req.peers.append(peer)
