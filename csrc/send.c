@@ -333,8 +333,10 @@ int wg_run_send(wg_dp *dp)
                 wg_drop(dp, WG_DROP_TOO_BIG, 1);
                 continue;
             }
-            if (dp->endpoints[peer].family == 0) {
-                wg_drop(dp, WG_DROP_NO_ENDPOINT, 1);    /* before a counter is spent on it */
+            /* Keyed but nowhere to send: drop before a counter is spent on it.  Without a
+             * key the packet is staged below, as the handshake may still find an endpoint. */
+            if (dp->endpoints[peer].family == 0 && dp->current[peer] >= 0) {
+                wg_drop(dp, WG_DROP_NO_ENDPOINT, 1);
                 continue;
             }
             if (keep != i) {
