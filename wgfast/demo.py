@@ -91,6 +91,7 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
             else:
                 say("iperf3 is not installed: skipping the throughput run")
             say("")
+            say(f"$ wg show {tun.a.iface}    (in namespace {topo.a.name})")
             say(tun.a.wg("show", tun.a.iface).rstrip())
             say("")
             for d in tun.pair:
