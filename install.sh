@@ -19,8 +19,7 @@ fi
 # told to.  The packages go to /usr/local, where Debian's tools leave them alone; this is what
 # lets `wgfast` and `python3 -m pytest` work straight away, without activating a venv.
 export PIP_BREAK_SYSTEM_PACKAGES=1 PIP_ROOT_USER_ACTION=ignore
-# noiseprotocol: the independent Noise implementation tests/test_noise.py checks handshakes against.
-python3 -m pip install -q --disable-pip-version-check -e '.[test,bench]' noiseprotocol
+python3 -m pip install -q --disable-pip-version-check -e '.[test,bench]'
 # The editable install leaves the compiled module in the checkout; build it there explicitly
 # too, so `python3 -m pytest` from this folder always finds it.
 python3 setup.py -q build_ext --inplace >/dev/null

@@ -10,7 +10,7 @@ setup(
     cffi_modules=["csrc/build.py:ffibuilder"],
     install_requires=["cffi>=1.15", "pynacl>=1.5", "numpy>=1.24"],
     extras_require={
-        "test": ["pytest>=7", "pytest-benchmark>=4", "hypothesis>=6", "ruff"],
+        "test": ["pytest>=7", "pytest-benchmark>=4", "hypothesis>=6", "ruff", "noiseprotocol>=0.3"],
         "bench": ["matplotlib>=3.6"],
     },
     entry_points={
