@@ -49,7 +49,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
                 be = lbl.split()[1]
                 w(f"data plane seal+open vs crypto alone at {size} B [{be}]: "
                   f"{ratio(lbl, f'crypto-only x2 {be} {size}')}")
-    chosen = config.cache.get("wgfast/chosen_backend", None) if config.cache else None
+    cache = getattr(config, "cache", None)
+    chosen = cache.get("wgfast/chosen_backend", None) if cache else None
     if chosen:
         w(f"chosen backend ({chosen}) vs libsodium, batch seal 1420 B b=128: "
           f"{ratio(f'seal {chosen} 1420 b128', 'seal libsodium 1420 b128')}")
