@@ -91,7 +91,7 @@ static void check_and_stamp(wg_dp *dp, wg_ring *r, uint32_t n, double now)
         if (data) {
             int fam;
             const uint8_t *src = NULL;
-            uint8_t *p = wg_ring_slot(r, i) + WG_HEADROOM;
+            uint8_t *p = wg_slot(r, i) + WG_HEADROOM;
             uint32_t ilen = inner_len(p, r->len[i], &fam, &src);
             if (!ilen) {
                 r->status[i] = WG_DROP_BAD_INNER;
@@ -159,7 +159,7 @@ static void deliver(wg_dp *dp, wg_ring *r, uint32_t n, struct rxbatch *rb)
     if (!dp->tun_vnet) {
         for (uint32_t i = 0; i < n; i++)
             if (r->status[i] == WG_OK && r->len[i])
-                tun_write(dp, wg_ring_slot(r, i) + WG_HEADROOM, r->len[i]);
+                tun_write(dp, wg_slot(r, i) + WG_HEADROOM, r->len[i]);
         return;
     }
     uint32_t k = 0;
@@ -174,7 +174,7 @@ static void deliver(wg_dp *dp, wg_ring *r, uint32_t n, struct rxbatch *rb)
         if (i == n)
             break;
         if (r->status[i] == WG_OK && r->len[i]) {
-            rb->pkts[k] = wg_ring_slot(r, i) + WG_HEADROOM;
+            rb->pkts[k] = wg_slot(r, i) + WG_HEADROOM;
             rb->lens[k++] = r->len[i];
         }
     }
@@ -185,7 +185,7 @@ static void process(wg_dp *dp, wg_ring *r, uint32_t n, struct rxbatch *rb)
 {
     double now = wg_now();
     for (uint32_t i = 0; i < n; i++) {
-        uint8_t *m = wg_ring_slot(r, i);
+        uint8_t *m = wg_slot(r, i);
         uint32_t len = r->len[i];
         if (r->status[i] != WG_OK)
             continue;
@@ -257,7 +257,7 @@ int wg_run_receive(wg_dp *dp, int udp_fd)
     }
     rb->scratch = scratch;
     for (uint32_t i = 0; i < nbufs; i++) {
-        rb->iov[i].iov_base = gro ? bufs + (size_t)i * GRO_BUF_CAP : wg_ring_slot(r, i);
+        rb->iov[i].iov_base = gro ? bufs + (size_t)i * GRO_BUF_CAP : wg_slot(r, i);
         rb->iov[i].iov_len = gro ? GRO_BUF_CAP : msg_cap;
     }
     int fails = 0, more = 0;
@@ -314,7 +314,7 @@ int wg_run_receive(wg_dp *dp, int udp_fd)
                     r->status[n] = WG_DROP_TOO_BIG;
                     wg_drop(dp, WG_DROP_TOO_BIG, 1);
                 } else {
-                    memcpy(wg_ring_slot(r, n), p + off, l);
+                    memcpy(wg_slot(r, n), p + off, l);
                 }
                 n++;
             }

@@ -109,7 +109,7 @@ static void send_family(wg_dp *dp, wg_ring *r, uint32_t n, int family, int fd, s
             continue;
         }
         uint32_t seg = r->len[i], total = seg, cnt = 1, first = ni;
-        tb->iov[ni].iov_base = wg_ring_slot(r, i);
+        tb->iov[ni].iov_base = wg_slot(r, i);
         tb->iov[ni++].iov_len = seg;
         uint32_t j = i + 1;
         while (use_gso && j < n && cnt < GSO_SEGS) {
@@ -120,7 +120,7 @@ static void send_family(wg_dp *dp, wg_ring *r, uint32_t n, int family, int fd, s
             if (r->len[j] > seg || total + r->len[j] > GSO_BYTES ||
                 !wg_addr_equal(&r->addr[j], &r->addr[i]))
                 break;
-            tb->iov[ni].iov_base = wg_ring_slot(r, j);
+            tb->iov[ni].iov_base = wg_slot(r, j);
             tb->iov[ni++].iov_len = r->len[j];
             total += r->len[j];
             cnt++;
@@ -163,7 +163,7 @@ static void seal_and_send(wg_dp *dp, wg_ring *r, uint32_t n, double now, struct 
         if (r->status[i] == WG_DROP_NO_KEY) {
             if (stage) {
                 wg_ev_push(dp, WG_EV_STAGE, r->peer[i], 0, NULL,
-                           wg_ring_slot(r, i) + WG_HEADROOM, r->len[i]);
+                           wg_slot(r, i) + WG_HEADROOM, r->len[i]);
                 wg_want_handshake(dp, r->peer[i], now);
             }
             continue;
@@ -215,12 +215,14 @@ static void seal_and_send(wg_dp *dp, wg_ring *r, uint32_t n, double now, struct 
 }
 
 /* Read one TUN packet with its vnet header into slot n (and, for a super-packet, on into
- * big), and cut it into slots n, n+1, ...  Returns the number of packets, 0 for a counted
- * drop, -1 when the TUN has nothing more (or failed: *err set). */
-static int read_vnet(wg_dp *dp, wg_ring *r, uint32_t n, uint8_t *big, int *err)
+ * big), and cut it into slots n, n+1, ... (outs[i] = where slot i's packet starts).
+ * Returns the number of packets, 0 for a counted drop, -1 when the TUN has nothing more (or
+ * failed: *err set). */
+static int read_vnet(wg_dp *dp, wg_ring *r, uint32_t n, uint8_t *big, uint8_t **outs,
+                     int *err)
 {
     uint32_t head = WG_VNET_HDR_LEN + r->data_cap;
-    uint8_t *slot = wg_ring_slot(r, n) + WG_HEADROOM - WG_VNET_HDR_LEN;
+    uint8_t *slot = wg_slot(r, n) + WG_HEADROOM - WG_VNET_HDR_LEN;
     struct iovec iov[2] = {{slot, head}, {big + head, BIG_CAP - head}};
     ssize_t got;
     do {
@@ -235,11 +237,8 @@ static int read_vnet(wg_dp *dp, wg_ring *r, uint32_t n, uint8_t *big, int *err)
         memcpy(big, slot, head);            /* join the two parts of a super-packet */
         pkt = big;
     }
-    uint8_t *outs[SEND_SLOTS];
-    uint32_t max = SEND_SLOTS - n;
-    for (uint32_t k = 0; k < max; k++)
-        outs[k] = wg_ring_slot(r, n + k) + WG_HEADROOM;
-    int c = wg_vnet_segment(pkt, (uint32_t)got, outs, r->data_cap, &r->len[n], max);
+    int c = wg_vnet_segment(pkt, (uint32_t)got, outs + n, r->data_cap, &r->len[n],
+                            SEND_SLOTS - n);
     if (c <= 0) {
         wg_drop(dp, c == -WG_OFF_ERR_TOO_BIG || c == -WG_OFF_ERR_TOO_MANY ? WG_DROP_TOO_BIG
                                                                           : WG_DROP_BAD_INNER, 1);
@@ -263,6 +262,9 @@ int wg_run_send(wg_dp *dp)
         return -ENOMEM;
     }
     int vnet = dp->tun_vnet;
+    uint8_t *outs[SEND_SLOTS];
+    for (uint32_t i = 0; i < SEND_SLOTS; i++)
+        outs[i] = wg_slot(r, i) + WG_HEADROOM;
     int fails = 0, more = 0;
     for (;;) {
         /* Sleep in poll only when the last batch emptied the TUN. */
@@ -275,7 +277,7 @@ int wg_run_send(wg_dp *dp)
         more = 1;
         while (n + (vnet ? SEND_REFILL : 1) <= SEND_SLOTS) {
             if (vnet) {
-                int c = read_vnet(dp, r, n, big, &err);
+                int c = read_vnet(dp, r, n, big, outs, &err);
                 if (c < 0) {
                     more = 0;
                     break;
@@ -283,7 +285,7 @@ int wg_run_send(wg_dp *dp)
                 n += (uint32_t)c;
                 continue;
             }
-            uint8_t *p = wg_ring_slot(r, n) + WG_HEADROOM;
+            uint8_t *p = wg_slot(r, n) + WG_HEADROOM;
             ssize_t got = read(dp->tun_fd, p, r->data_cap);
             if (got < 0 && errno == EINTR)
                 continue;
@@ -311,7 +313,7 @@ int wg_run_send(wg_dp *dp)
         pthread_rwlock_rdlock(&dp->lock);
         for (uint32_t i = 0; i < n; i++) {
             int fam;
-            const uint8_t *p = wg_ring_slot(r, i) + WG_HEADROOM;
+            const uint8_t *p = wg_slot(r, i) + WG_HEADROOM;
             const uint8_t *dst = inner_dst(p, r->len[i], &fam);
             int peer = -1;
             if (dst) {
@@ -340,7 +342,7 @@ int wg_run_send(wg_dp *dp)
                 continue;
             }
             if (keep != i) {
-                memcpy(wg_ring_slot(r, keep) + WG_HEADROOM, p, r->len[i]);
+                memcpy(wg_slot(r, keep) + WG_HEADROOM, p, r->len[i]);
                 r->len[keep] = r->len[i];
             }
             r->peer[keep] = (uint32_t)peer;
@@ -372,7 +374,7 @@ int wg_send_packet(wg_dp *dp, uint32_t peer, const uint8_t *pkt, uint32_t len, d
     if (len > r->data_cap || len > dp->mtu)
         return WG_DROP_TOO_BIG;
     if (len)
-        memcpy(wg_ring_slot(r, 0) + WG_HEADROOM, pkt, len);
+        memcpy(wg_slot(r, 0) + WG_HEADROOM, pkt, len);
     r->len[0] = len;
     r->peer[0] = peer;
     r->status[0] = WG_OK;

@@ -86,6 +86,12 @@ int  wg_ev_push(wg_dp *dp, uint32_t type, uint32_t peer, uint32_t receiver,
 /* Raise WG_EV_NEED_HANDSHAKE for a peer at most once per second. */
 void wg_want_handshake(wg_dp *dp, uint32_t peer, double now);
 
+/* Slot i of a ring, inline for the per-packet loops (wg_ring_slot checks its bounds). */
+static inline uint8_t *wg_slot(const wg_ring *r, uint32_t i)
+{
+    return r->slab + (size_t)i * r->slot_size;
+}
+
 static inline uint32_t wg_le32(const uint8_t *p)
 {
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
