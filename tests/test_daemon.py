@@ -283,7 +283,27 @@ def test_verbose_log_never_shows_keys(ns: str, iface: str) -> None:
                 os.unlink(f"/tmp/{iface}.{k}")
     log = out + err
     assert proc.returncode == 0 and iface in log and len(log.splitlines()) >= 2
+    # The ping needed a session: the attempt is logged, naming the peer by its public key.
+    assert "sending handshake initiation" in log
+    assert f"peer({peer[:4]}" in log
     for key in (priv, psk):
         raw = base64.b64decode(key)
         for form in (key, raw.hex(), raw.hex().upper(), key.rstrip("=")):
             assert form not in log
+
+
+def test_unknown_aead_backend_is_refused(ns: str, iface: str) -> None:
+    res = subprocess.run(["ip", "netns", "exec", ns, *DAEMON, "-f", iface], cwd=ROOT,
+                         env=env(WGFAST_AEAD="rot13"), capture_output=True, text=True,
+                         timeout=30)
+    assert res.returncode == 1
+    assert "rot13" in res.stderr and "Traceback" not in res.stderr
+    assert not sock_live(iface)
+
+
+def test_named_aead_backend_is_used(ns: str, iface: str) -> None:
+    proc = start_foreground(ns, iface, WGFAST_AEAD="libsodium", LOG_LEVEL="verbose")
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=15)
+    assert proc.returncode == 0
+    assert "libsodium" in err

@@ -80,10 +80,11 @@ def _run(name: str, ready_fd: int | None) -> int:
         if ready_fd is not None:
             os.write(ready_fd, b"K")
             os.close(ready_fd)
-        log.info("interface %s is up", dev.name)
+        log.info("interface %s is up (AEAD %s, offloads %s)", dev.name, dev.aead_in_use,
+                 "on" if dev.offloads else "off")
 
     try:
-        dev = Device(name, max_peers=_max_peers())
+        dev = Device(name, max_peers=_max_peers(), aead=os.environ.get("WGFAST_AEAD") or None)
         dev.open()
     except (DeviceError, OSError) as e:
         return fail(e)

@@ -61,6 +61,14 @@ TUN_OFFLOADS = (lib.WG_TUN_F_CSUM | lib.WG_TUN_F_TSO4 | lib.WG_TUN_F_TSO6 | lib.
 TUN_USO = lib.WG_TUN_F_USO4 | lib.WG_TUN_F_USO6
 
 
+def peer_name(public_key: bytes) -> str:
+    """How logs name a peer: the ends of its public key, as wireguard-go does."""
+    import base64
+
+    b = base64.b64encode(public_key).decode()
+    return f"peer({b[:4]}…{b[-5:-1]})"
+
+
 def offloads_default() -> bool:
     """TUN and UDP offloads are on unless WGFAST_OFFLOADS=off (for comparisons and tests)."""
     return os.environ.get("WGFAST_OFFLOADS", "on").lower() not in ("off", "0", "no", "false")
@@ -124,6 +132,7 @@ class Device:
         self.uapi_path = uapi_path
         self.serve_uapi = serve_uapi
         self.aead_name = aead
+        self.aead_in_use = ""
         self.tun: Tun | None = None
         self.dp: DataPlane | None = None
         self.sock4: socket.socket | None = None
@@ -161,7 +170,7 @@ class Device:
         from wgfast.datapath import choose_backend
 
         try:
-            choose_backend(self.aead_name)
+            self.aead_in_use = choose_backend(self.aead_name)
         except (ValueError, RuntimeError) as e:
             raise DeviceError(str(e)) from None
         try:
@@ -710,6 +719,8 @@ class Device:
             for pid in np.flatnonzero(act.give_up):
                 peer = self.by_id.get(int(pid))
                 if peer is not None:
+                    log.debug("%s - handshake did not complete after %d seconds, giving up",
+                              peer_name(peer.public_key), int(messages.REKEY_ATTEMPT_TIME))
                     peer.drop_staged()
                     peer.abandon_handshake(self.indices)
             for pid in np.flatnonzero(act.zero_keys):
@@ -739,6 +750,7 @@ class Device:
             msg = peer.create_initiation(self.identity, now, time.time(), self.indices)
         except messages.MessageError:
             return          # a low-order peer key: no handshake is possible
+        log.debug("%s - sending handshake initiation", peer_name(peer.public_key))
         if self._sendto(msg, ep):
             self.dp.add_bytes(peer.peer_id, tx=len(msg))
 
@@ -804,6 +816,8 @@ class Device:
         for idx in peer.confirm(local_index):
             self.dp.keypair_remove(idx)
         if was_next:
+            log.debug("%s - first data under the new keypair: session confirmed",
+                      peer_name(peer.public_key))
             self.timer_state.handshake_complete(pid, now, created, False)
             self.last_handshake_wall[pid] = time.time()
             self._send_staged(peer, now)
@@ -836,6 +850,7 @@ class Device:
             self.handshake_drops += 1
             return
         if verdict is Verdict.SEND_COOKIE:
+            log.debug("under load: answering a handshake from %s with a cookie", host)
             if self.ratelimiter.allow(ip.packed, now):
                 with contextlib.suppress(messages.MessageError):
                     self._sendto(self.checker.create_reply(data, src, now), addr)
@@ -855,6 +870,8 @@ class Device:
             return
         peer, state = got
         pid = peer.peer_id
+        log.debug("%s - received handshake initiation, sending response",
+                  peer_name(peer.public_key))
         resp, km, evicted = peer.create_response(self.identity, state, now, self.indices)
         self._install(km, evicted)
         self.dp.set_endpoint(pid, addr)
@@ -878,6 +895,8 @@ class Device:
             return
         km, evicted = got
         pid = peer.peer_id
+        log.debug("%s - received handshake response: session established",
+                  peer_name(peer.public_key))
         self._install(km, evicted)
         self.dp.set_endpoint(pid, addr)
         self.dp.add_bytes(pid, rx=len(data))
