@@ -6,7 +6,6 @@ but without a Device.  The `plane` fixture here is shared by test_send.py and te
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import ipaddress
 import os
 import select
@@ -23,6 +22,7 @@ import nacl.bindings as aead
 import pytest
 
 from wgfast.datapath import DataPlane, lib
+from wgfast.netns import inside
 from wgfast.tun import Tun
 
 NS = "h6dp"
@@ -32,31 +32,17 @@ PEER_IP = "10.66.0.2"         # the peer's allowed IP
 OTHER_IP = "10.66.0.4"        # peer 1's allowed IP (peer 1 has no keypair)
 UNROUTED = "10.66.0.3"        # in the TUN's subnet, owned by no peer
 LOCAL_INDEX, REMOTE_INDEX = 0x1111, 0x2222
-CLONE_NEWNET = 0x40000000
 
 needs_root = pytest.mark.skipif(
     os.geteuid() != 0 or not os.path.exists("/dev/net/tun") or shutil.which("ip") is None,
     reason="needs root, /dev/net/tun and iproute2")
 
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(list(args), capture_output=True, text=True, timeout=20, check=check)
 
 
-@contextlib.contextmanager
-def in_netns(name: str) -> Iterator[None]:
-    """Run the calling thread in netns `name`, then return it to where it was.  Threads
-    started meanwhile stay in `name`."""
-    with open("/proc/thread-self/ns/net") as home, open(f"/run/netns/{name}") as target:
-        if _libc.setns(target.fileno(), CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), "setns")
-        try:
-            yield
-        finally:
-            if _libc.setns(home.fileno(), CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns back")
 
 
 @contextlib.contextmanager
@@ -139,7 +125,7 @@ class Plane:
         return self.sock.getsockname()
 
     def udp_socket(self) -> socket.socket:
-        with in_netns(self.ns):
+        with inside(self.ns):
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.bind(("127.0.0.1", 0))
         s.settimeout(5)
@@ -169,7 +155,7 @@ class Plane:
 @pytest.fixture(name="plane")
 def plane_fixture() -> Iterator[Plane]:
     with netns(NS) as ns:
-        with in_netns(ns):
+        with inside(ns):
             tun = Tun(TUN_NAME, mtu=1420, nonblocking=True, up=True)
             socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
         try:

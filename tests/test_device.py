@@ -16,9 +16,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from test_dataplane import in_netns, netns, sh, until
+from test_dataplane import netns, sh, until
 
 from wgfast.device import Device
+from wgfast.netns import inside
 from wgfast.noise import StaticIdentity
 from wgfast.uapi import UapiError
 
@@ -39,7 +40,7 @@ def device_in(ns: str, name: str) -> Iterator[Device]:
     """A started Device whose TUN, sockets and threads live in namespace ns."""
     dev = Device(name)
     try:
-        with in_netns(ns):
+        with inside(ns):
             dev.open()
             dev.start()         # the control loop thread stays in ns (interface checks)
         yield dev
@@ -137,7 +138,7 @@ def test_set_is_all_or_nothing(one: Side) -> None:
     dev = one.dev
     peer = StaticIdentity.generate().public
     dev.add_peer(peer, allowed_ips=["10.9.0.0/16"])
-    with in_netns(one.ns):
+    with inside(one.ns):
         taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     taken.bind(("0.0.0.0", 0))
     port = taken.getsockname()[1]

@@ -3,8 +3,6 @@ the kernel's ICMP echo request is read from the descriptor and our reply makes p
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import json
 import os
 import select
@@ -15,33 +13,21 @@ from collections.abc import Iterator
 
 import pytest
 
+from wgfast.netns import inside
 from wgfast.tun import Tun, TunError
 
 NS = "h3tst0"
-CLONE_NEWNET = 0x40000000
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not os.path.exists("/dev/net/tun") or shutil.which("ip") is None,
     reason="needs root, /dev/net/tun and iproute2")
 
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(list(args), capture_output=True, text=True, timeout=20, check=check)
 
 
-@contextlib.contextmanager
-def in_netns(name: str) -> Iterator[None]:
-    """Run the calling thread in netns `name`, then return it to where it was."""
-    with open("/proc/thread-self/ns/net") as home, open(f"/run/netns/{name}") as target:
-        if _libc.setns(target.fileno(), CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), "setns")
-        try:
-            yield
-        finally:
-            if _libc.setns(home.fileno(), CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns back")
 
 
 @pytest.fixture
@@ -61,7 +47,7 @@ def link(ns: str, name: str) -> dict | None:
 
 
 def test_create_mtu_up_down_close(netns: str) -> None:
-    with in_netns(netns):
+    with inside(netns):
         tun = Tun("h3tun%d", mtu=1380)
     try:
         assert tun.name.startswith("h3tun") and tun.name != "h3tun%d"
@@ -86,7 +72,7 @@ def test_create_mtu_up_down_close(netns: str) -> None:
 
 
 def test_bad_names_and_options(netns: str) -> None:
-    with in_netns(netns):
+    with inside(netns):
         with pytest.raises(TunError):
             Tun("h3" + "x" * 20)
         with pytest.raises(TunError):
@@ -100,7 +86,7 @@ def test_bad_names_and_options(netns: str) -> None:
 
 
 def test_multi_queue_and_vnet_hdr(netns: str) -> None:
-    with in_netns(netns):
+    with inside(netns):
         with Tun("h3mq0", multi_queue=True, vnet_hdr=True, nonblocking=True) as t:
             fd2 = t.open_queue(nonblocking=True)
             assert len(t.queues) == 2 and fd2 in t.queues
@@ -137,7 +123,7 @@ def echo_reply(req: bytes) -> bytes:
 
 @pytest.mark.skipif(shutil.which("ping") is None, reason="needs ping")
 def test_ping_end_to_end(netns: str) -> None:
-    with in_netns(netns):
+    with inside(netns):
         tun = Tun("h3tun0", mtu=1420, up=True)
     try:
         sh("ip", "-n", netns, "addr", "add", "10.213.0.1/24", "dev", "h3tun0")

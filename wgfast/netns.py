@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import atexit
 import base64
+import contextlib
+import ctypes
 import ipaddress
 import os
 import re
@@ -24,7 +26,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -769,3 +771,22 @@ def wrapper_script(impl: Implementation, directory: Path) -> Path:
 
 def _shq(s: str) -> str:
     return "'" + s.replace("'", "'\\''") + "'"
+
+
+CLONE_NEWNET = 0x40000000
+
+
+@contextlib.contextmanager
+def inside(name: str) -> Iterator[None]:
+    """Run the calling thread in network namespace `name`, then return it to where it was.
+    setns is per thread: sockets and TUN devices opened meanwhile, and threads started
+    meanwhile, stay in `name`."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    with open("/proc/thread-self/ns/net") as home, open(f"/run/netns/{name}") as target:
+        if libc.setns(target.fileno(), CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns into {name}")
+        try:
+            yield
+        finally:
+            if libc.setns(home.fileno(), CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns back")
