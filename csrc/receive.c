@@ -190,6 +190,13 @@ static void process(wg_dp *dp, wg_ring *r, uint32_t n, struct rxbatch *rb)
         if (r->status[i] != WG_OK)
             continue;
         if (len >= 4 && m[0] >= 1 && m[0] <= 3 && !m[1] && !m[2] && !m[3]) {
+            /* Only a handshake message of its exact size is worth waking Python for. */
+            static const uint32_t size[4] = {0, 148, 92, 64};
+            if (len != size[m[0]]) {
+                r->status[i] = WG_DROP_SHORT;
+                wg_drop(dp, WG_DROP_SHORT, 1);
+                continue;
+            }
             r->status[i] = WG_DROP_HANDSHAKE;
             wg_ev_push(dp, WG_EV_HANDSHAKE, 0, 0, &r->addr[i], m, len);
         }

@@ -266,7 +266,8 @@ def test_event_ring_overflow_is_counted(plane: Plane) -> None:
     src = sender.getsockname()
     try:
         for k in range(total):
-            sender.sendto(bytes([1, 0, 0, 0]) + k.to_bytes(4, "big"), plane.addr)
+            sender.sendto((bytes([1, 0, 0, 0]) + k.to_bytes(4, "big")).ljust(148, b"\0"),
+                          plane.addr)
         full = lib.WG_DROP_EVENTS_FULL
         assert until(lambda: plane.drops(full) >= total - 1024 - 2)
         events = plane.dp.pop_events()
@@ -279,8 +280,20 @@ def test_event_ring_overflow_is_counted(plane: Plane) -> None:
     assert [int.from_bytes(e[4][4:8], "big") for e in hs] == list(range(len(hs)))
     assert all(e[3] == src for e in hs)
     # Room again: a new one is queued.
-    plane.remote.sendto(bytes([2, 0, 0, 0]), plane.addr)
+    plane.remote.sendto(bytes([2, 0, 0, 0]).ljust(92, b"\0"), plane.addr)
     assert plane.wait_events(lib.WG_EV_HANDSHAKE)
+
+
+@needs_root
+def test_handshake_type_of_the_wrong_size_never_reaches_python(plane: Plane) -> None:
+    short = lib.WG_DROP_SHORT
+    before = plane.drops(short)
+    for mtype, size in ((1, 147), (1, 149), (2, 91), (3, 65), (3, 4)):
+        plane.remote.sendto(bytes([mtype, 0, 0, 0]).ljust(size, b"\0"), plane.addr)
+    assert until(lambda: plane.drops(short) >= before + 5)
+    plane.remote.sendto(bytes([3, 0, 0, 0]).ljust(64, b"\0"), plane.addr)
+    evs = plane.wait_events(lib.WG_EV_HANDSHAKE)
+    assert [len(e[4]) for e in evs if e[0] == lib.WG_EV_HANDSHAKE] == [64]
 
 
 @needs_root

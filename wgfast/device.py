@@ -776,6 +776,16 @@ class Device:
         self.dp.keypair_install(*km.install_args()[:6], initiator=km.initiator,
                                 current=bool(km.make_current))
 
+    def _new_session(self, km: KeypairMaterial, evicted: list[int], addr: tuple[str, int],
+                     now: float, tx: int = 0, rx: int = 0) -> None:
+        """Keys derived from a handshake: into C, and the peer's endpoint is where the
+        handshake came from (roaming, for handshakes)."""
+        assert self.dp is not None
+        self._install(km, evicted)
+        self.dp.set_endpoint(km.peer_id, addr)
+        self.dp.add_bytes(km.peer_id, tx=tx, rx=rx)
+        self.timer_state.session_derived(km.peer_id, now)
+
     def _on_events(self) -> None:
         assert self.dp is not None
         now = time.monotonic()
@@ -873,10 +883,7 @@ class Device:
         log.debug("%s - received handshake initiation, sending response",
                   peer_name(peer.public_key))
         resp, km, evicted = peer.create_response(self.identity, state, now, self.indices)
-        self._install(km, evicted)
-        self.dp.set_endpoint(pid, addr)
-        self.dp.add_bytes(pid, tx=len(resp), rx=len(data))
-        self.timer_state.session_derived(pid, now)
+        self._new_session(km, evicted, addr, now, tx=len(resp), rx=len(data))
         # The attempt of ours in flight, if any, was abandoned for this one.
         self.timer_state.handshake_started[pid] = 0
         self.timer_state.retry_at[pid] = 0
@@ -897,10 +904,7 @@ class Device:
         pid = peer.peer_id
         log.debug("%s - received handshake response: session established",
                   peer_name(peer.public_key))
-        self._install(km, evicted)
-        self.dp.set_endpoint(pid, addr)
-        self.dp.add_bytes(pid, rx=len(data))
-        self.timer_state.session_derived(pid, now)
+        self._new_session(km, evicted, addr, now, rx=len(data))
         self.timer_state.handshake_complete(pid, now, now, True)
         self.last_handshake_wall[pid] = time.time()
         # Staged packets confirm the session; with none, a keepalive does (whitepaper 6.5).
