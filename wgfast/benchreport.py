@@ -28,6 +28,7 @@ from wgfast.netns import (
     INNER4,
     UNDERLAY4,
     WGFAST,
+    WGFAST_NO_OFFLOADS,
     WIREGUARD_GO,
     Implementation,
     Topology,
@@ -363,6 +364,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reps", type=int, default=None, help="repetitions (default 3; 1 with --quick)")
     p.add_argument("--quick", action="store_true", help="1 repetition, 2 s tests")
     p.add_argument("--no-wgfast", action="store_true", help="leave wgfast out")
+    p.add_argument("--offloads-off-too", action="store_true",
+                   help="also measure wgfast with TUN/UDP offloads forced off (wgfast-nooff)")
     p.add_argument("--prefix", default="wgb", help="name prefix for namespaces and interfaces")
 
 
@@ -384,6 +387,8 @@ def run(args: argparse.Namespace, out: TextIO = sys.stderr) -> int:
     impls: list[Implementation] = []
     if not args.no_wgfast:
         impls.append(WGFAST)
+        if getattr(args, "offloads_off_too", False):
+            impls.append(WGFAST_NO_OFFLOADS)
     if args.against is None:
         if WIREGUARD_GO.unavailable_reason() is None:
             impls.append(WIREGUARD_GO)
