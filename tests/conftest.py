@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from collections.abc import Iterator
 
 import pytest
@@ -47,3 +48,17 @@ def topo() -> Iterator[Topology]:
         pytest.skip(reason)
     with Topology(NETNS_PREFIX) as t:
         yield t
+
+
+def needs_tun(*tools: str) -> pytest.MarkDecorator:
+    """Skip unless we are root with /dev/net/tun, iproute2 and the named tools."""
+    missing = [t for t in ("ip", *tools) if shutil.which(t) is None]
+    reason = ("needs root" if os.geteuid() != 0 else
+              "needs /dev/net/tun" if not os.path.exists("/dev/net/tun") else
+              f"needs {', '.join(missing)}" if missing else "")
+    return pytest.mark.skipif(bool(reason), reason=reason or "ok")
+
+
+def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(args), capture_output=True, text=True, timeout=20, check=check)
+

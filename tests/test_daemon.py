@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import needs_tun
 from test_dataplane import netns, until
 
 from wgfast import daemon
@@ -24,9 +25,7 @@ from wgfast.uapi import SOCKET_DIR
 ROOT = Path(__file__).resolve().parent.parent
 DAEMON = [sys.executable, "-m", "wgfast.daemon"]
 
-needs_root = pytest.mark.skipif(
-    os.geteuid() != 0 or not os.path.exists("/dev/net/tun") or shutil.which("ip") is None
-    or shutil.which("wg") is None, reason="needs root, /dev/net/tun, iproute2 and wg")
+needs_root = needs_tun("wg")
 
 
 def env(**extra: str) -> dict[str, str]:

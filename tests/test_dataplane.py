@@ -9,10 +9,8 @@ import contextlib
 import ipaddress
 import os
 import select
-import shutil
 import socket
 import struct
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +18,7 @@ from dataclasses import dataclass
 
 import nacl.bindings as aead
 import pytest
+from conftest import needs_tun, sh
 
 from wgfast.datapath import DataPlane, lib
 from wgfast.netns import inside
@@ -33,16 +32,7 @@ OTHER_IP = "10.66.0.4"        # peer 1's allowed IP (peer 1 has no keypair)
 UNROUTED = "10.66.0.3"        # in the TUN's subnet, owned by no peer
 LOCAL_INDEX, REMOTE_INDEX = 0x1111, 0x2222
 
-needs_root = pytest.mark.skipif(
-    os.geteuid() != 0 or not os.path.exists("/dev/net/tun") or shutil.which("ip") is None,
-    reason="needs root, /dev/net/tun and iproute2")
-
-
-
-def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(list(args), capture_output=True, text=True, timeout=20, check=check)
-
-
+needs_root = needs_tun()
 
 
 @contextlib.contextmanager

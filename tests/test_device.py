@@ -9,23 +9,21 @@ import contextlib
 import ipaddress
 import os
 import secrets
-import shutil
 import socket
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from test_dataplane import netns, sh, until
+from conftest import needs_tun, sh
+from test_dataplane import netns, until
 
 from wgfast.device import Device
 from wgfast.netns import inside
 from wgfast.noise import StaticIdentity
 from wgfast.uapi import UapiError
 
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0 or not os.path.exists("/dev/net/tun") or shutil.which("ip") is None
-    or shutil.which("ping") is None, reason="needs root, /dev/net/tun, iproute2 and ping")
+pytestmark = needs_tun("ping")
 
 UNDER = ("10.66.1.1", "10.66.1.2")      # veth
 INNER = ("10.66.2.1", "10.66.2.2")      # tunnel

@@ -4,7 +4,6 @@ the kernel's ICMP echo request is read from the descriptor and our reply makes p
 from __future__ import annotations
 
 import json
-import os
 import select
 import shutil
 import struct
@@ -12,22 +11,14 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
+from conftest import needs_tun, sh
 
 from wgfast.netns import inside
 from wgfast.tun import Tun, TunError
 
 NS = "h3tst0"
 
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0 or not os.path.exists("/dev/net/tun") or shutil.which("ip") is None,
-    reason="needs root, /dev/net/tun and iproute2")
-
-
-
-def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(list(args), capture_output=True, text=True, timeout=20, check=check)
-
-
+pytestmark = needs_tun()
 
 
 @pytest.fixture
