@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import struct
 import subprocess
 from collections.abc import Iterator
 
@@ -61,4 +62,19 @@ def needs_tun(*tools: str) -> pytest.MarkDecorator:
 
 def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(args), capture_output=True, text=True, timeout=20, check=check)
+
+
+def inet_sum(data: bytes) -> int:
+    """RFC 1071 one's-complement sum, written independently of the C code it checks."""
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return s
+
+
+def inet_csum(data: bytes) -> int:
+    """The Internet checksum to store (0 when data already carries a valid one)."""
+    return ~inet_sum(data) & 0xFFFF
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import nacl.bindings as aead
 import pytest
-from conftest import needs_tun, sh
+from conftest import inet_csum, needs_tun, sh
 
 from wgfast.datapath import DataPlane, lib
 from wgfast.netns import inside
@@ -59,21 +59,12 @@ def until(cond: Callable[[], object], timeout: float = 5.0) -> bool:
     return bool(cond())
 
 
-def checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
-
-
 def udp4(src: str, sport: int, dst: str, dport: int, payload: bytes) -> bytes:
     """An IPv4/UDP packet (UDP checksum 0: allowed over IPv4)."""
     udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
     hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0x1234, 0x4000, 64, 17, 0,
                       ipaddress.IPv4Address(src).packed, ipaddress.IPv4Address(dst).packed)
-    hdr = hdr[:10] + struct.pack("!H", checksum(hdr)) + hdr[12:]
+    hdr = hdr[:10] + struct.pack("!H", inet_csum(hdr)) + hdr[12:]
     return hdr + udp
 
 

@@ -20,9 +20,11 @@ import threading
 from dataclasses import dataclass
 
 import pytest
+from conftest import inet_csum, inet_sum
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from wgfast._native import ffi, lib
+
+from wgfast.datapath import ffi, lib
 
 VNET = 10
 ACK, PSH, FIN, SYN, RST, CWR, ECE = 0x10, 0x08, 0x01, 0x02, 0x04, 0x80, 0x40
@@ -31,20 +33,7 @@ SRC6 = bytes.fromhex("fd000000000000000000000000000001")
 DST6 = bytes.fromhex("fd000000000000000000000000000002")
 
 
-# ---- an independent checksum and packet builder ------------------------------------------
-
-def inet_sum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return s
-
-
-def inet_csum(data: bytes) -> int:
-    return ~inet_sum(data) & 0xFFFF
-
+# ---- an independent packet builder (checksums: conftest) ----------------------------------
 
 def pseudo(src: bytes, dst: bytes, proto: int, length: int) -> bytes:
     if len(src) == 4:

@@ -11,7 +11,7 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
-from conftest import needs_tun, sh
+from conftest import inet_csum, needs_tun, sh
 
 from wgfast.netns import inside
 from wgfast.tun import Tun, TunError
@@ -88,27 +88,18 @@ def test_multi_queue_and_vnet_hdr(netns: str) -> None:
         assert link(netns, "h3mq0") is None
 
 
-def checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
-
-
 def echo_reply(req: bytes) -> bytes:
     """The reply a host at the request's destination would send."""
     ihl = (req[0] & 0x0F) * 4
     icmp = bytearray(req[ihl:])
     icmp[0] = 0                                 # echo reply
     icmp[2:4] = b"\0\0"
-    icmp[2:4] = struct.pack("!H", checksum(bytes(icmp)))
+    icmp[2:4] = struct.pack("!H", inet_csum(bytes(icmp)))
     hdr = bytearray(req[:ihl])
     hdr[12:16], hdr[16:20] = req[16:20], req[12:16]
     hdr[8] = 64
     hdr[10:12] = b"\0\0"
-    hdr[10:12] = struct.pack("!H", checksum(bytes(hdr)))
+    hdr[10:12] = struct.pack("!H", inet_csum(bytes(hdr)))
     return bytes(hdr) + bytes(icmp)
 
 
@@ -134,7 +125,7 @@ def test_ping_end_to_end(netns: str) -> None:
             assert request is not None
             assert request[12:16] == bytes([10, 213, 0, 1])
             assert len(request) == 20 + 8 + 200
-            assert checksum(request[:20]) == 0
+            assert inet_csum(request[:20]) == 0
             assert tun.write(echo_reply(request)) == len(request)
             out, err = ping.communicate(timeout=10)
         finally:
