@@ -73,13 +73,32 @@ static uint32_t inner_len(const uint8_t *p, uint32_t len, int *family, const uin
     return 0;
 }
 
+struct seen {
+    uint32_t peer;
+    uint8_t  data;          /* any non-keepalive message */
+    uint64_t bytes;
+    wg_addr  addr;          /* newest authenticated source */
+};
+
+/* Clocks and counters of one peer for what it sent in this batch. */
+static void stamp(wg_dp *dp, uint32_t peer, double now, uint64_t bytes, int data)
+{
+    wg_peer_clocks *c = &dp->clocks;
+    c->last_auth_recv[peer] = now;
+    c->pending_data_sent[peer] = 0;
+    if (data) {
+        c->last_data_recv[peer] = now;
+        if (c->pending_data_recv[peer] == 0)
+            c->pending_data_recv[peer] = now;
+    }
+    __atomic_fetch_add(&c->rx_bytes[peer], bytes, __ATOMIC_RELAXED);
+}
+
 /* Steps 4 and 5 for slots [0, n) after wg_open_batch. */
 static void check_and_stamp(wg_dp *dp, wg_ring *r, uint32_t n, double now)
 {
-    wg_peer_clocks *c = &dp->clocks;
-    uint32_t roam_peer[WG_IO_BATCH];        /* peers seen in this batch (the first 64) */
-    wg_addr roam_addr[WG_IO_BATCH];
-    uint32_t nroam = 0;
+    struct seen seen[WG_IO_BATCH];          /* peers in this batch (the first 64 of them) */
+    uint32_t nseen = 0;
 
     pthread_rwlock_rdlock(&dp->lock);
     for (uint32_t i = 0; i < n; i++) {
@@ -104,42 +123,41 @@ static void check_and_stamp(wg_dp *dp, wg_ring *r, uint32_t n, double now)
                 r->len[i] = ilen;   /* the padding stays behind */
             }
         }
-        /* Authenticated, even if its payload was refused: it counts for the timers. */
-        c->last_auth_recv[peer] = now;
-        c->pending_data_sent[peer] = 0;
-        if (data) {
-            c->last_data_recv[peer] = now;
-            if (c->pending_data_recv[peer] == 0)
-                c->pending_data_recv[peer] = now;
-        }
-        __atomic_fetch_add(&c->rx_bytes[peer], msglen, __ATOMIC_RELAXED);
-
-        /* Roaming: remember the last source per peer in this batch. */
+        /* Authenticated, even if its payload was refused: it counts for the timers, the
+         * byte counter and roaming -- once per peer per batch, below. */
         uint32_t k = 0;
-        while (k < nroam && roam_peer[k] != peer)
+        while (k < nseen && seen[k].peer != peer)
             k++;
-        if (k == nroam && nroam < WG_IO_BATCH)
-            roam_peer[nroam++] = peer;
-        if (k < nroam)
-            roam_addr[k] = r->addr[i];
-
-        /* Receiving on a keypair we initiated that is nearly too old: rekey now (6.2). */
+        if (k == nseen) {
+            if (nseen == WG_IO_BATCH) {
+                stamp(dp, peer, now, msglen, data);     /* a 65th peer: no roaming record */
+                continue;
+            }
+            seen[nseen++] = (struct seen){.peer = peer};
+        }
+        seen[k].addr = r->addr[i];
+        seen[k].bytes += msglen;
+        seen[k].data |= (uint8_t)data;
+    }
+    int moved = 0;
+    for (uint32_t k = 0; k < nseen; k++) {
+        uint32_t peer = seen[k].peer;
+        stamp(dp, peer, now, seen[k].bytes, seen[k].data);
+        if (!wg_addr_equal(&dp->endpoints[peer], &seen[k].addr))
+            moved = 1;
+        /* Data on a keypair we initiated that is nearly too old: rekey now (6.2). */
         const struct wg_keypair *kp = wg_kp_current(dp, peer);
-        if (data && kp && kp->initiator &&
+        if (seen[k].data && kp && kp->initiator &&
             now - kp->created >= WG_REJECT_AFTER_TIME - WG_KEEPALIVE_TIMEOUT - WG_REKEY_TIMEOUT)
             wg_want_handshake(dp, peer, now);
     }
-    int moved = 0;
-    for (uint32_t k = 0; k < nroam; k++)
-        if (!wg_addr_equal(&dp->endpoints[roam_peer[k]], &roam_addr[k]))
-            moved = 1;
     pthread_rwlock_unlock(&dp->lock);
 
     if (moved) {
         pthread_rwlock_wrlock(&dp->lock);
-        for (uint32_t k = 0; k < nroam; k++)
-            if (dp->clocks.active[roam_peer[k]])
-                dp->endpoints[roam_peer[k]] = roam_addr[k];
+        for (uint32_t k = 0; k < nseen; k++)
+            if (dp->clocks.active[seen[k].peer])
+                dp->endpoints[seen[k].peer] = seen[k].addr;
         pthread_rwlock_unlock(&dp->lock);
     }
 }
