@@ -82,7 +82,7 @@ class World:
 
     def coalesce(self) -> int:
         return lib.wg_gro_coalesce(self.gro_ptrs, self.gro_lens, NSEG, self.scratch,
-                                   4 * 65600, self.out_ptrs, self.out_lens, NSEG)
+                                   4 * 65600, self.out_ptrs, self.out_lens, NSEG, 0)
 
     def copy_segments(self) -> None:
         ffi.memmove(self.copy_dst, self.gro_src, self.gro_bytes)

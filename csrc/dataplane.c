@@ -302,13 +302,13 @@ void wg_dp_resume(wg_dp *dp)
 
 void wg_dp_set_offloads(wg_dp *dp, int tun_vnet, int udp_gso, int udp_gro)
 {
-    dp->tun_vnet = tun_vnet;
+    dp->tun_vnet = tun_vnet & WG_TUN_VNET ? tun_vnet : 0;
     dp->udp_gso4 = dp->udp_gso6 = udp_gso;
     dp->udp_gro = udp_gro;
 }
 
 int wg_dp_offloads(wg_dp *dp)
 {
-    return (dp->tun_vnet ? 1 : 0) | (dp->udp_gso4 ? 2 : 0) | (dp->udp_gso6 ? 4 : 0) |
-           (dp->udp_gro ? 8 : 0);
+    return (dp->tun_vnet & WG_TUN_VNET ? 1 : 0) | (dp->udp_gso4 ? 2 : 0) |
+           (dp->udp_gso6 ? 4 : 0) | (dp->udp_gro ? 8 : 0) | (dp->tun_vnet & WG_TUN_USO ? 16 : 0);
 }

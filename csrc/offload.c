@@ -7,7 +7,9 @@
  * plain IP packets with complete checksums, ready to be sealed one by one.
  *
  * Receive side: wg_gro_coalesce merges consecutive in-order TCP segments of one flow into one
- * super-packet with a GSO vnet header, so the kernel takes a whole window of data per write().
+ * super-packet with a GSO vnet header, so the kernel takes a whole window of data per write();
+ * with USO (Linux 6.2+), equal-sized UDP datagrams of one flow likewise, which the kernel
+ * cuts up again only at the receiving socket.
  *
  * Checksums are summed in host byte order over 64-bit words (RFC 1071 section 2: the one's
  * complement sum is byte-order independent up to a final swap, and a 16-bit value stored back
@@ -34,6 +36,7 @@
 #define TCP_ACK 0x10
 #define TCP_CWR 0x80
 #define GRO_MAX_IP_LEN 65535u       /* IPv4 total length / what one TUN write may carry */
+#define GRO_MAX_UDP_SEGS 64u        /* the kernel's UDP_MAX_SEGMENTS on older releases */
 
 static inline uint16_t be16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
 static inline uint32_t be32(const uint8_t *p)
@@ -394,13 +397,14 @@ int wg_vnet_segment(const uint8_t *pkt, uint32_t len, uint8_t **out, uint32_t ou
 
 /* ---- coalescing ---------------------------------------------------------------------- */
 
-/* A candidate TCP segment, parsed once. */
+/* A candidate TCP segment or UDP datagram, parsed once. */
 struct seginfo {
     uint32_t plen;          /* IP length (padding trimmed) */
-    uint16_t iphl, tcphl;
+    uint16_t iphl, tcphl;   /* tcphl: the L4 header, 8 for UDP */
     uint32_t seq;
     uint32_t payload;
     uint8_t  v6;
+    uint8_t  udp;
 };
 
 /* An output super-packet in the making. */
@@ -416,6 +420,7 @@ struct group {
     uint32_t cap;           /* bytes reserved at buf */
     uint8_t  open;
     uint8_t  v6;
+    uint8_t  udp;
     uint16_t iphl, tcphl;
 };
 
@@ -433,25 +438,58 @@ static uint32_t ip_len(const uint8_t *p, uint32_t len)
     return 0;
 }
 
-/* 1 when p is a TCP segment we may merge: in-order data with only ACK (and maybe PSH). */
-static int tcp_candidate(const uint8_t *p, uint32_t plen, struct seginfo *si)
+/* IP header length of p when it may head a merge: IPv4 without options or fragmentation and
+ * with a good header checksum, or IPv6 without extension headers; proto = TCP or UDP.
+ * 0 otherwise. */
+static uint32_t merge_iphl(const uint8_t *p, uint8_t *proto, uint8_t *v6)
 {
-    uint32_t iphl;
     if ((p[0] >> 4) == 4) {
-        if (p[0] != 0x45 || p[9] != IPPROTO_TCP_)
-            return 0;               /* options or not TCP */
+        *proto = p[9];
+        if (p[0] != 0x45 || (*proto != IPPROTO_TCP_ && *proto != IPPROTO_UDP_))
+            return 0;
         if ((be16(p + 6) & 0x3fff) != 0)
             return 0;               /* MF or a fragment offset */
         if (fold(csum_partial(p, 20)) != 0xffff)
             return 0;               /* bad header checksum: let the kernel drop it */
-        iphl = 20;
-        si->v6 = 0;
-    } else {
-        if (p[6] != IPPROTO_TCP_)
-            return 0;
-        iphl = 40;
-        si->v6 = 1;
+        *v6 = 0;
+        return 20;
     }
+    *proto = p[6];
+    if (*proto != IPPROTO_TCP_ && *proto != IPPROTO_UDP_)
+        return 0;
+    *v6 = 1;
+    return 40;
+}
+
+/* 1 when p is a UDP datagram we may merge: a length field that matches the IP length, some
+ * payload, and for IPv4 a checksum to verify (none: passed on as it is). */
+static int udp_candidate(const uint8_t *p, uint32_t plen, uint32_t iphl, struct seginfo *si)
+{
+    if (iphl + 8 >= plen)
+        return 0;
+    const uint8_t *u = p + iphl;
+    if (be16(u + 4) != plen - iphl || (!si->v6 && be16(u + 6) == 0))
+        return 0;
+    si->plen = plen;
+    si->iphl = (uint16_t)iphl;
+    si->tcphl = 8;
+    si->seq = 0;
+    si->payload = plen - iphl - 8;
+    si->udp = 1;
+    return 1;
+}
+
+/* 1 when p is a segment we may merge: TCP in-order data with only ACK (and maybe PSH), or
+ * (with udp_ok) a UDP datagram. */
+static int merge_candidate(const uint8_t *p, uint32_t plen, int udp_ok, struct seginfo *si)
+{
+    uint8_t proto;
+    uint32_t iphl = merge_iphl(p, &proto, &si->v6);
+    if (!iphl)
+        return 0;
+    if (proto == IPPROTO_UDP_)
+        return udp_ok && udp_candidate(p, plen, iphl, si);
+    si->udp = 0;
     if (iphl + 20 > plen)
         return 0;
     const uint8_t *t = p + iphl;
@@ -485,7 +523,7 @@ static uint32_t flow_hash(const uint8_t *p, uint32_t iphl, int v6)
 static int same_flow(const uint8_t *a, const uint8_t *b, const struct group *g,
                      const struct seginfo *si, uint32_t k)
 {
-    if (si->v6 != g->v6 || si->tcphl != g->tcphl)
+    if (si->v6 != g->v6 || si->udp != g->udp || si->tcphl != g->tcphl)
         return 0;
     if (si->v6) {
         if (memcmp(a, b, 4) || a[7] != b[7] || memcmp(a + 8, b + 8, 32))
@@ -499,6 +537,8 @@ static int same_flow(const uint8_t *a, const uint8_t *b, const struct group *g,
             return 0;
     }
     const uint8_t *ta = a + g->iphl, *tb = b + si->iphl;
+    if (g->udp)
+        return !memcmp(ta, tb, 4);      /* ports */
     if (memcmp(ta, tb, 4) || memcmp(ta + 8, tb + 8, 5) || memcmp(ta + 14, tb + 14, 2))
         return 0;           /* ports; ack, data offset; window */
     if (ta[18] != tb[18] || ta[19] != tb[19])
@@ -508,9 +548,10 @@ static int same_flow(const uint8_t *a, const uint8_t *b, const struct group *g,
     return 1;
 }
 
-static int tcp_csum_ok(const uint8_t *p, const struct seginfo *si, uint64_t payload_sum)
+static int l4_csum_ok(const uint8_t *p, const struct seginfo *si, uint64_t payload_sum)
 {
-    uint64_t s = pseudo_sum(p, si->v6, IPPROTO_TCP_, si->plen - si->iphl);
+    uint64_t s = pseudo_sum(p, si->v6, si->udp ? IPPROTO_UDP_ : IPPROTO_TCP_,
+                            si->plen - si->iphl);
     s = add64(s, csum_partial(p + si->iphl, si->tcphl));
     s = add64(s, payload_sum);
     return fold(s) == 0xffff;
@@ -534,8 +575,9 @@ static void group_close(struct group *g, uint8_t *scratch, uint32_t *used)
 
 uint32_t wg_gro_coalesce(uint8_t **pkts, const uint32_t *lens, uint32_t n,
                          uint8_t *scratch, uint32_t scratch_cap,
-                         uint8_t **out_ptrs, uint32_t *out_lens, uint32_t max_out)
+                         uint8_t **out_ptrs, uint32_t *out_lens, uint32_t max_out, int flags)
 {
+    int udp_ok = flags & WG_GRO_UDP;
     struct group groups[WG_MAX_BATCH];
     uint32_t ng = 0, nout = 0, used = 0;
     int32_t slot_group[WG_MAX_BATCH];       /* output slot -> group index, -1 = pass-through */
@@ -552,7 +594,7 @@ uint32_t wg_gro_coalesce(uint8_t **pkts, const uint32_t *lens, uint32_t n,
         uint8_t *p = pkts[i];
         uint32_t plen = ip_len(p, lens[i]);
         struct seginfo si;
-        int cand = plen && tcp_candidate(p, plen, &si);
+        int cand = plen && merge_candidate(p, plen, udp_ok, &si);
 
         if (cand) {
             uint32_t h = flow_hash(p, si.iphl, si.v6);
@@ -568,7 +610,7 @@ uint32_t wg_gro_coalesce(uint8_t **pkts, const uint32_t *lens, uint32_t n,
                 /* Same hash but not mergeable: if it is the same 5-tuple, the flow moves on
                  * to a new group so its packets stay in order. */
                 const uint8_t *a = pkts[g->head];
-                int same5 = si.v6 == g->v6 &&
+                int same5 = si.v6 == g->v6 && si.udp == g->udp &&
                     !memcmp(si.v6 ? a + 8 : a + 12, si.v6 ? p + 8 : p + 12, si.v6 ? 32 : 8) &&
                     !memcmp(a + g->iphl, p + si.iphl, 4);
                 if (same5)
@@ -576,7 +618,8 @@ uint32_t wg_gro_coalesce(uint8_t **pkts, const uint32_t *lens, uint32_t n,
                 g = NULL;
             } else if (g) {
                 int ok = si.seq == g->next_seq && si.payload <= g->gso_size &&
-                         g->total + si.payload <= GRO_MAX_IP_LEN;
+                         g->total + si.payload <= GRO_MAX_IP_LEN &&
+                         (!g->udp || g->nmerged + 1 < GRO_MAX_UDP_SEGS);
                 if (ok && !g->buf) {
                     /* First merge: reserve room for a whole super-packet and copy the head,
                      * verifying its checksum on the way. */
@@ -586,12 +629,12 @@ uint32_t wg_gro_coalesce(uint8_t **pkts, const uint32_t *lens, uint32_t n,
                     if (cap >= WG_VNET_HDR_LEN + g->total + si.payload) {
                         const uint8_t *hp = pkts[g->head];
                         struct seginfo hs = { g->total, g->iphl, g->tcphl, 0,
-                                              g->total - g->iphl - g->tcphl, g->v6 };
+                                              g->total - g->iphl - g->tcphl, g->v6, g->udp };
                         uint8_t *b = scratch + used;
                         uint32_t hl = g->iphl + g->tcphl;
                         memcpy(b + WG_VNET_HDR_LEN, hp, hl);
                         uint64_t s = csum_copy(b + WG_VNET_HDR_LEN + hl, hp + hl, hs.payload);
-                        if (tcp_csum_ok(hp, &hs, s)) {
+                        if (l4_csum_ok(hp, &hs, s)) {
                             g->buf = b;
                             g->cap = cap;
                             used += cap;
@@ -608,15 +651,20 @@ uint32_t wg_gro_coalesce(uint8_t **pkts, const uint32_t *lens, uint32_t n,
                     uint32_t hl = si.iphl + si.tcphl;
                     uint8_t *dst = g->buf + WG_VNET_HDR_LEN + g->total;
                     uint64_t s = csum_copy(dst, p + hl, si.payload);
-                    if (tcp_csum_ok(p, &si, s)) {
+                    if (l4_csum_ok(p, &si, s)) {
                         g->total += si.payload;
-                        g->next_seq += si.payload;
+                        if (!g->udp)
+                            g->next_seq += si.payload;
                         g->nmerged++;
-                        uint8_t *tf = g->buf + WG_VNET_HDR_LEN + g->iphl + 13;
-                        uint8_t psh = p[si.iphl + 13] & TCP_PSH;
-                        *tf |= psh;
+                        uint8_t psh = 0;
+                        if (!g->udp) {
+                            psh = p[si.iphl + 13] & TCP_PSH;
+                            g->buf[WG_VNET_HDR_LEN + g->iphl + 13] |= psh;
+                        }
                         /* A short segment or PSH ends the super-packet. */
-                        if (psh || si.payload < g->gso_size || g->total + g->gso_size > GRO_MAX_IP_LEN)
+                        if (psh || si.payload < g->gso_size ||
+                            g->total + g->gso_size > GRO_MAX_IP_LEN ||
+                            (g->udp && g->nmerged + 1 >= GRO_MAX_UDP_SEGS))
                             group_close(g, scratch, &used);
                         continue;
                     }
@@ -634,12 +682,13 @@ uint32_t wg_gro_coalesce(uint8_t **pkts, const uint32_t *lens, uint32_t n,
             memset(ng_, 0, sizeof(*ng_));
             ng_->head = i;
             ng_->slot = nout;
-            ng_->next_seq = si.seq + si.payload;
+            ng_->next_seq = si.udp ? 0 : si.seq + si.payload;   /* UDP: seq stays 0 */
             ng_->gso_size = si.payload;
             ng_->total = plen;
             ng_->hash = h;
-            ng_->open = !(p[si.iphl + 13] & TCP_PSH);
+            ng_->open = si.udp || !(p[si.iphl + 13] & TCP_PSH);
             ng_->v6 = si.v6;
+            ng_->udp = si.udp;
             ng_->iphl = si.iphl;
             ng_->tcphl = si.tcphl;
             slot_group[nout] = (int32_t)ng;
@@ -650,9 +699,11 @@ uint32_t wg_gro_coalesce(uint8_t **pkts, const uint32_t *lens, uint32_t n,
             continue;
         }
         int v4 = plen && (p[0] >> 4) == 4;
-        if (plen && !cand && (v4 ? p[9] == IPPROTO_TCP_ : p[6] == IPPROTO_TCP_)) {
-            /* A TCP packet we do not merge (pure ACK, FIN, ...): later data of its flow must
-             * not jump ahead of it into an earlier super-packet. */
+        uint8_t proto = v4 ? p[9] : p[6];
+        if (plen && !cand && (proto == IPPROTO_TCP_ || (udp_ok && proto == IPPROTO_UDP_))) {
+            /* A TCP packet we do not merge (pure ACK, FIN, ...) or a UDP datagram we do not:
+             * later packets of its flow must not jump ahead of it into an earlier
+             * super-packet. */
             uint32_t iphl = v4 ? (uint32_t)(p[0] & 15) * 4 : 40;
             if (iphl >= 20 && iphl + 4 <= plen) {
                 uint32_t h = flow_hash(p, iphl, !v4);
@@ -681,20 +732,24 @@ uint32_t wg_gro_coalesce(uint8_t **pkts, const uint32_t *lens, uint32_t n,
         }
         uint8_t *h = g->buf, *ip = h + WG_VNET_HDR_LEN;
         h[0] = WG_VNET_F_NEEDS_CSUM;
-        h[1] = g->v6 ? WG_VNET_GSO_TCPV6 : WG_VNET_GSO_TCPV4;
+        h[1] = g->udp ? WG_VNET_GSO_UDP_L4 : g->v6 ? WG_VNET_GSO_TCPV6 : WG_VNET_GSO_TCPV4;
         put_le16(h + 2, (uint16_t)(g->iphl + g->tcphl));
         put_le16(h + 4, (uint16_t)g->gso_size);
         put_le16(h + 6, g->iphl);
-        put_le16(h + 8, 16);
+        put_le16(h + 8, g->udp ? 6 : 16);
         if (g->v6) {
             put_be16(ip + 4, (uint16_t)(g->total - 40));
         } else {
             put_be16(ip + 2, (uint16_t)g->total);
             ipv4_fix_csum(ip, 20);
         }
-        /* CHECKSUM_PARTIAL: the field holds the folded pseudo-header sum, not inverted. */
-        uint16_t ps = fold(pseudo_sum(ip, g->v6, IPPROTO_TCP_, g->total - g->iphl));
-        memcpy(ip + g->iphl + 16, &ps, 2);
+        /* CHECKSUM_PARTIAL: the field holds the folded pseudo-header sum, not inverted; the
+         * kernel swaps the length in it for each segment's when it cuts the train. */
+        uint16_t ps = fold(pseudo_sum(ip, g->v6, g->udp ? IPPROTO_UDP_ : IPPROTO_TCP_,
+                                      g->total - g->iphl));
+        if (g->udp)
+            put_be16(ip + g->iphl + 4, (uint16_t)(g->total - g->iphl));
+        memcpy(ip + g->iphl + (g->udp ? 6 : 16), &ps, 2);
         out_ptrs[k] = h;
         out_lens[k] = WG_VNET_HDR_LEN + g->total;
     }

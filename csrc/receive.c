@@ -15,8 +15,9 @@
  *   5. per peer, once per batch: clocks and byte counters stamped, the endpoint moved to the
  *      newest authenticated source (roaming), a rekey requested when our keypair is old;
  *   6. the surviving packets are written to the TUN, one write each; with TUN offloads,
- *      consecutive segments of one TCP flow are first joined into one super-packet
- *      (wg_gro_coalesce), so the kernel takes a whole train in one write.
+ *      consecutive segments of one TCP flow (and with USO, equal-sized datagrams of one UDP
+ *      flow) are first joined into one super-packet (wg_gro_coalesce), so the kernel takes a
+ *      whole train in one write.
  */
 #include "io.h"
 
@@ -184,7 +185,8 @@ static void deliver(wg_dp *dp, wg_ring *r, uint32_t n, struct rxbatch *rb)
     for (uint32_t i = 0; i <= n; i++) {
         if (k == WG_MAX_BATCH || (i == n && k)) {
             uint32_t w = wg_gro_coalesce(rb->pkts, rb->lens, k, rb->scratch, SCRATCH_CAP,
-                                         rb->outs, rb->outlens, WG_MAX_BATCH);
+                                         rb->outs, rb->outlens, WG_MAX_BATCH,
+                                         dp->tun_vnet & WG_TUN_USO ? WG_GRO_UDP : 0);
             for (uint32_t j = 0; j < w; j++)
                 tun_write(dp, rb->outs[j], rb->outlens[j]);
             k = 0;

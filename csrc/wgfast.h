@@ -211,14 +211,18 @@ void wg_dp_set_fds(wg_dp *dp, int tun_fd, int udp4_fd, int udp6_fd);
 int  wg_run_send(wg_dp *dp);        /* TUN -> allowed IPs -> seal -> UDP */
 int  wg_run_receive(wg_dp *dp, int udp_fd);   /* UDP -> open -> replay -> allowed IPs -> TUN */
 void wg_dp_stop(wg_dp *dp);
-void wg_dp_resume(wg_dp *dp);
-/* Offloads for the loops, set before starting them: tun_vnet = the TUN was opened with
- * IFF_VNET_HDR and TUNSETOFFLOAD (reads may be TSO/USO super-packets, writes may be GRO
- * super-packets); udp_gso = try UDP_SEGMENT on send (turned off by itself on EIO);
+void wg_dp_resume(wg_dp *dp);       /* after wg_dp_stop and the loops returned: allow new loops */
+/* Offloads for the loops, set before starting them: tun_vnet = WG_TUN_VNET when the TUN was
+ * opened with IFF_VNET_HDR and TUNSETOFFLOAD (reads may be TSO/USO super-packets, writes may
+ * be TCP GRO super-packets), | WG_TUN_USO when it also took TUN_F_USO4/6 (writes may be UDP
+ * GRO super-packets); udp_gso = try UDP_SEGMENT on send (turned off by itself on EIO);
  * udp_gro = UDP_GRO is on for the sockets (reads may carry many datagrams). */
+#define WG_TUN_VNET 1
+#define WG_TUN_USO  2
 void wg_dp_set_offloads(wg_dp *dp, int tun_vnet, int udp_gso, int udp_gro);
-/* What the loops use now (udp_gso may have been turned off by a failed send). */
-int  wg_dp_offloads(wg_dp *dp);     /* bit 0 tun_vnet, bit 1 udp_gso v4, 2 udp_gso v6, 3 udp_gro */      /* after wg_dp_stop and the loops returned: allow new loops */
+/* What the loops use now (udp_gso may have been turned off by a failed send): bit 0
+ * tun_vnet, 1 udp_gso v4, 2 udp_gso v6, 3 udp_gro, 4 tun_uso. */
+int  wg_dp_offloads(wg_dp *dp);
 /* Seal and send one plaintext packet (len 0 = keepalive) to a peer now: staged packets and
  * keepalives from the control plane.  Returns WG_OK or a drop reason. */
 int  wg_send_packet(wg_dp *dp, uint32_t peer, const uint8_t *pkt, uint32_t len, double now);
@@ -265,14 +269,18 @@ int wg_vnet_segment(const uint8_t *pkt, uint32_t len, uint8_t **out, uint32_t ou
  * of one flow (ACK or ACK|PSH only, same addresses, ports, ACK, window, options, TOS/TTL,
  * IPv4 without options or fragments and IDs counting up, equal sizes but a shorter last one,
  * valid checksums, at most 65535 IP bytes) are copied into one super-packet in scratch with
- * a GSO_TCPV4/TCPV6 NEEDS_CSUM vnet header.  Everything else gets a zero vnet header written
+ * a GSO_TCPV4/TCPV6 NEEDS_CSUM vnet header.  With WG_GRO_UDP in flags (only when the TUN
+ * took TUN_F_USO4/6), consecutive UDP datagrams of one flow under the same IP rules (equal
+ * sizes but a shorter last one, a checksum present and valid, at most 64 of them) become one
+ * GSO_UDP_L4 super-packet the same way.  Everything else gets a zero vnet header written
  * in front of it, in place.  out_ptrs[k]/out_lens[k] = the k-th TUN write (vnet header
  * included), in arrival order of each output's first packet.  Takes the first
  * min(n, max_out, WG_MAX_BATCH) packets; returns the number of writes.  scratch should hold
  * about 64 KB per flow in flight (65600 bytes each); with less, packets pass through. */
+#define WG_GRO_UDP 1
 uint32_t wg_gro_coalesce(uint8_t **pkts, const uint32_t *lens, uint32_t n,
                          uint8_t *scratch, uint32_t scratch_cap,
-                         uint8_t **out_ptrs, uint32_t *out_lens, uint32_t max_out);
+                         uint8_t **out_ptrs, uint32_t *out_lens, uint32_t max_out, int flags);
 
 /* RFC 1071 Internet checksum of len bytes, as the 16-bit value to store big-endian. */
 uint16_t wg_inet_csum(const uint8_t *p, uint32_t len);

@@ -67,7 +67,8 @@ struct wg_dp {
     int       evfd;
 
     int tun_fd, udp4_fd, udp6_fd;
-    int tun_vnet;                       /* TUN reads/writes carry a virtio_net_hdr */
+    int tun_vnet;                       /* WG_TUN_VNET: TUN reads/writes carry a virtio_net_hdr;
+                                           | WG_TUN_USO: writes may be UDP GSO trains */
     int udp_gso4, udp_gso6;             /* UDP_SEGMENT works on that socket (until EIO) */
     int udp_gro;                        /* UDP_GRO is on: reads may hold many datagrams */
     int stop_fd;                        /* eventfd: readable once wg_dp_stop was called */

@@ -227,3 +227,41 @@ def test_mtu_follows_the_interface(two: tuple[Side, Side]) -> None:
                        timeout=30)
     assert r.returncode == 0, r.stdout + r.stderr
     assert a.dev.drops()["too_big"] == 0 and b.dev.drops()["too_big"] == 0
+
+
+def _rx_packets(ns: str, dev: str) -> int:
+    return int(sh("ip", "-n", ns, "-j", "-s", "link", "show", "dev", dev).stdout
+               .split('"rx":{')[1].split('"packets":')[1].split(",")[0])
+
+
+def test_udp_train_crosses_as_one_tun_write(two: tuple[Side, Side]) -> None:
+    """A UDP GSO send of 40 datagrams reaches the far socket as 40 intact datagrams; with USO
+    on the TUNs it is read as one super-packet, crosses as one GSO train and is written to the
+    far TUN as one UDP super-packet (the TUN counts writes as received packets)."""
+    from wgfast.device import TUN_TXQUEUELEN
+
+    a, b = two
+    a.dev.add_peer(b.me.public, endpoint=f"{UNDER[1]}:{b.dev.listen_port}",
+                   allowed_ips=[f"{INNER[1]}/32"])
+    b.dev.add_peer(a.me.public, allowed_ips=[f"{INNER[0]}/32"])
+    assert ping(a.ns, INNER[1]).returncode == 0
+    assert sh("ip", "-n", a.ns, "-j", "link", "show", "dev", a.dev.name).stdout.count(
+        f'"txqlen":{TUN_TXQUEUELEN}') == 1
+    payload = bytes(range(256)) * 10
+    with inside(b.ns):
+        rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with inside(a.ns):
+        tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with rx, tx:
+        rx.bind((INNER[1], 7777))
+        rx.settimeout(5)
+        tx.setsockopt(socket.SOL_UDP, 103, 64)          # UDP_SEGMENT: 64-byte datagrams
+        before = _rx_packets(b.ns, b.dev.name)
+        tx.sendto(payload[:64 * 40], (INNER[1], 7777))
+        got = [rx.recv(2048) for _ in range(40)]
+        assert got == [payload[k * 64:(k + 1) * 64] for k in range(40)]
+        writes = _rx_packets(b.ns, b.dev.name) - before
+    assert writes >= 1
+    if a.dev.tun_uso and b.dev.tun_uso:
+        assert b.dev.dp is not None and b.dev.dp.offloads()["tun_uso"]
+        assert writes < 40, "the datagrams were written to the TUN one by one"

@@ -83,6 +83,16 @@ def tcp_packet(payload: bytes, seq: int, flags: int = ACK, v6: bool = False, ide
     return ip_packet(l4, 6, v6, ident, rev=rev)
 
 
+def udp_packet(payload: bytes, v6: bool = False, ident: int = 1, sport: int = 4000,
+               dport: int = 5000, ttl: int = 64, df: bool = True, csum: bool = True,
+               rev: bool = False) -> bytes:
+    l4 = udp_hdr(sport, dport, 8 + len(payload)) + payload
+    if csum:
+        src, dst = (SRC6, DST6) if v6 else ((DST4, SRC4) if rev else (SRC4, DST4))
+        l4 = l4_with_csum(src, dst, 17, l4)
+    return ip_packet(l4, 17, v6, ident, ttl=ttl, df=df, rev=rev)
+
+
 def vnet_hdr(flags: int = 0, gso_type: int = 0, hdr_len: int = 0, gso_size: int = 0,
              csum_start: int = 0, csum_offset: int = 0) -> bytes:
     return struct.pack("<BBHHHH", flags, gso_type, hdr_len, gso_size, csum_start, csum_offset)
@@ -165,7 +175,7 @@ def segment(buf: bytes, cap: int = 65536, max_out: int = 64) -> list[bytes] | in
 
 
 def coalesce(pkts: list[bytes], scratch_cap: int = 4 * 65600,
-             pad: list[int] | None = None) -> list[bytes]:
+             pad: list[int] | None = None, flags: int = 0) -> list[bytes]:
     n = len(pkts)
     bufs = []
     for i, p in enumerate(pkts):
@@ -178,7 +188,7 @@ def coalesce(pkts: list[bytes], scratch_cap: int = 4 * 65600,
     scratch = ffi.new("uint8_t[]", max(scratch_cap, 1))
     out_ptrs = ffi.new("uint8_t *[]", max(n, 1))
     out_lens = ffi.new("uint32_t[]", max(n, 1))
-    m = lib.wg_gro_coalesce(ptrs, lens, n, scratch, scratch_cap, out_ptrs, out_lens, n)
+    m = lib.wg_gro_coalesce(ptrs, lens, n, scratch, scratch_cap, out_ptrs, out_lens, n, flags)
     res = [ffi.buffer(out_ptrs[k], out_lens[k])[:] for k in range(m)]
     del bufs, scratch
     return res
@@ -454,6 +464,97 @@ def test_pure_ack_keeps_order() -> None:
     assert len(writes) == 3
 
 
+# ---- UDP coalescing (USO on the TUN) ------------------------------------------------------
+
+UDP = lib.WG_GRO_UDP
+
+
+def datagrams(n: int, size: int, v6: bool = False, last: int | None = None, ident: int = 7,
+              **kw) -> list[bytes]:
+    rnd = random.Random(n * 1000 + size)
+    sizes = [size] * n + ([last] if last is not None else [])
+    return [udp_packet(rnd.randbytes(sz), v6=v6, ident=ident + k, **kw)
+            for k, sz in enumerate(sizes)]
+
+
+@pytest.mark.parametrize("v6", [False, True])
+def test_coalesce_udp_flow_fields(v6: bool) -> None:
+    pkts = datagrams(20, 64, v6=v6, last=17)
+    writes = coalesce(pkts, flags=UDP)
+    assert len(writes) == 1
+    w = writes[0]
+    iphl = 40 if v6 else 20
+    assert struct.unpack("<BBHHHH", w[:10]) == (1, lib.WG_VNET_GSO_UDP_L4, iphl + 8, 64,
+                                                iphl, 6)
+    ip = w[10:]
+    l4len = 20 * 64 + 17 + 8
+    assert len(ip) == iphl + l4len
+    src, dst = (SRC6, DST6) if v6 else (SRC4, DST4)
+    assert struct.unpack("!HH", ip[iphl + 4:iphl + 8]) == (
+        l4len, inet_sum(pseudo(src, dst, 17, l4len)))
+    if not v6:
+        assert inet_sum(ip[:20]) == 0xFFFF and struct.unpack("!H", ip[2:4])[0] == len(ip)
+    assert ip[iphl + 8:] == b"".join(p[iphl + 8:] for p in pkts)
+    assert kernel_view(w) == pkts
+
+
+def test_udp_not_coalesced_without_uso() -> None:
+    pkts = datagrams(5, 100)
+    assert coalesce(pkts) == [bytes(10) + p for p in pkts]
+
+
+def test_coalesce_udp_at_most_64_per_write() -> None:
+    pkts = datagrams(100, 32)
+    writes = coalesce(pkts, flags=UDP)
+    assert [len(kernel_view(w)) for w in writes] == [64, 36]
+    assert [s for w in writes for s in kernel_view(w)] == pkts
+
+
+@pytest.mark.parametrize("case", ["bigger", "after_short", "ports", "ttl", "ident",
+                                  "bad_csum", "no_csum", "length_field"])
+def test_coalesce_udp_refuses(case: str) -> None:
+    p = datagrams(4, 200)
+    if case == "bigger":
+        p[2] = udp_packet(b"x" * 201, ident=9)
+    elif case == "after_short":
+        p[1] = udp_packet(b"x" * 199, ident=8)
+    elif case == "ports":
+        # another flow in between: its own write; the first flow's third datagram still joins
+        other = udp_packet(b"x" * 200, ident=9, sport=4001)
+        p = p[:2] + [other, udp_packet(b"y" * 200, ident=9)]
+        writes = coalesce(p, flags=UDP)
+        assert len(writes) == 2 and writes[1] == bytes(10) + other
+        assert kernel_view(writes[0]) == [p[0], p[1], p[3]]
+        return
+    elif case == "ttl":
+        p[2] = udp_packet(b"x" * 200, ident=9, ttl=3)
+    elif case == "ident":
+        p = [udp_packet(b"x" * 200, ident=i, df=False) for i in (1, 2, 9, 10)]
+    elif case == "bad_csum":
+        p[2] = p[2][:-1] + bytes([p[2][-1] ^ 1])
+    elif case == "no_csum":
+        p[2] = udp_packet(b"x" * 200, ident=9, csum=False)
+    elif case == "length_field":
+        p[2] = p[2][:24] + struct.pack("!H", 100) + p[2][26:]
+    writes = coalesce(p, flags=UDP)
+    assert 1 < len(writes) <= 4
+    if case in ("bad_csum", "length_field"):
+        assert bytes(10) + p[2] in writes       # passed on as it is, for the kernel to judge
+    else:
+        assert [s for w in writes for s in kernel_view(w)] == p
+
+
+def test_udp_and_tcp_of_the_same_ports_stay_apart() -> None:
+    """A TCP segment with the UDP flow's addresses and ports neither joins its train nor lets
+    the train's later datagrams overtake it."""
+    u = datagrams(4, 300, sport=40000, dport=5201)
+    t = tcp_packet(b"t" * 300, 1)
+    writes = coalesce([u[0], u[1], t, u[2], u[3]], flags=UDP)
+    order = [s for w in writes for s in kernel_view(w)]
+    assert order == [u[0], u[1], t, u[2], u[3]]
+    assert len(writes) == 3
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(st.integers(1, 9000), st.sampled_from([536, 1000, 1380, 1440]),
                           st.booleans()), min_size=1, max_size=4),
@@ -630,6 +731,51 @@ def _tun_conversation(ns: str, dev: str) -> None:
             os.write(fd, bytes(10) + ack)
         assert stream == sent[:60_000]
         assert saw_gso > 0, "the kernel never sent a TSO super-packet"
+    finally:
+        if sock is not None:
+            sock.close()
+        os.close(fd)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/dev/net/tun")
+                    or shutil.which("ip") is None, reason="needs root, /dev/net/tun and ip")
+@pytest.mark.parametrize("v6", [False, True])
+def test_real_tun_takes_udp_train(v6: bool) -> None:
+    """A UDP train we coalesced, written to a TUN that took USO, reaches a plain UDP socket as
+    the original datagrams, one by one and intact."""
+    ns, dev = f"h5uso{os.getpid()}", "h5tun1"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        _in_netns(ns, lambda: _udp_train(ns, dev, v6))
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+def _udp_train(ns: str, dev: str, v6: bool) -> None:
+    fd = os.open("/dev/net/tun", os.O_RDWR)
+    sock = None
+    try:
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", dev.encode(),
+                                                IFF_TUN | IFF_NO_PI | IFF_VNET_HDR))
+        try:
+            fcntl.ioctl(fd, TUNSETOFFLOAD, lib.WG_TUN_F_CSUM | lib.WG_TUN_F_USO4
+                        | lib.WG_TUN_F_USO6)
+        except OSError:
+            pytest.skip("this kernel's TUN has no USO (Linux < 6.2)")
+        for cmd in (["link", "set", "lo", "up"], ["addr", "add", "10.0.0.2/24", "dev", dev],
+                    ["addr", "add", "fd00::2/64", "dev", dev, "nodad"],
+                    ["link", "set", dev, "up", "mtu", "1420"]):
+            subprocess.run(["ip", "-n", ns, *cmd], check=True)
+        sock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("fd00::2" if v6 else "10.0.0.2", 5000))
+        sock.settimeout(3)
+        pkts = datagrams(30, 96, v6=v6, last=41)
+        writes = coalesce(pkts, flags=UDP)
+        assert len(writes) == 1 and writes[0][1] == lib.WG_VNET_GSO_UDP_L4
+        os.write(fd, writes[0])
+        iphl = 40 if v6 else 20
+        for p in pkts:
+            assert sock.recv(2048) == p[iphl + 8:]
     finally:
         if sock is not None:
             sock.close()

@@ -350,14 +350,18 @@ class DataPlane:
     def send_packet(self, peer: int, packet: bytes, now: float) -> int:
         return int(lib.wg_send_packet(self._dp, peer, packet, len(packet), now))
 
-    def set_offloads(self, tun_vnet: bool, udp_gso: bool, udp_gro: bool) -> None:
-        """Tell the loops what the descriptors were opened with (before start())."""
-        lib.wg_dp_set_offloads(self._dp, int(tun_vnet), int(udp_gso), int(udp_gro))
+    def set_offloads(self, tun_vnet: bool, udp_gso: bool, udp_gro: bool,
+                     tun_uso: bool = False) -> None:
+        """Tell the loops what the descriptors were opened with (before start()); tun_uso =
+        the TUN took TUN_F_USO4/6, so UDP datagrams may be coalesced on TUN writes."""
+        tun = (lib.WG_TUN_VNET | (lib.WG_TUN_USO if tun_uso else 0)) if tun_vnet else 0
+        lib.wg_dp_set_offloads(self._dp, tun, int(udp_gso), int(udp_gro))
 
     def offloads(self) -> dict[str, bool]:
         bits = lib.wg_dp_offloads(self._dp)
         return {"tun_vnet": bool(bits & 1), "udp_gso4": bool(bits & 2),
-                "udp_gso6": bool(bits & 4), "udp_gro": bool(bits & 8)}
+                "udp_gso6": bool(bits & 4), "udp_gro": bool(bits & 8),
+                "tun_uso": bool(bits & 16)}
 
     def start(self, tun_fd: int, udp4_fd: int, udp6_fd: int) -> None:
         """Start the send thread and one receive thread per socket (-1 = no such socket)."""
