@@ -60,3 +60,28 @@ def test_stats_and_format() -> None:
     assert benchreport._stats([3.0, 1.0, 2.0]) == (1.0, 2.0, 3.0)
     assert benchreport._fmt([1.0, 2.0, 3.0], "Gbit/s") == "2.00 (1.00–3.00)"
     assert benchreport._fmt(None, "ms") == "–"
+
+
+def test_udp_ladder_bisects_between_pass_and_fail() -> None:
+    """The search climbs the ladder, then narrows the step where loss began; a fake link that
+    loses from 123 Mbit/s up stands in for iperf3."""
+    tried: list[float] = []
+
+    def trial(rate: float) -> tuple[float, bool]:
+        tried.append(rate)
+        return rate * 1.953, rate < 123     # "kpps received", "< 1 % lost"
+
+    ladder = (50, 100, 140, 200)
+    best = benchreport.highest_passing(ladder, 3, trial)
+    assert tried[:3] == [50, 100, 140] and 200 not in tried
+    mids = tried[3:]
+    assert len(mids) == 3 and all(100 < m < 140 for m in mids)
+    assert mids[0] == pytest.approx((100 * 140) ** 0.5)
+    passed = [m for m in mids if m < 123]
+    assert best == pytest.approx(max([100, *passed]) * 1.953)
+    assert 100 * 1.953 < best < 123 * 1.953
+    # nothing passes: 0; everything passes: the top of the ladder, no bisection
+    assert benchreport.highest_passing(ladder, 3, lambda r: (r, False)) == 0
+    tried.clear()
+    assert benchreport.highest_passing((1, 2), 3, lambda r: (tried.append(r) or r, True)) == 2
+    assert tried == [1, 2]

@@ -19,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -59,12 +60,15 @@ class Settings:
     udp_seconds: float = 1.5
     # Offered 64-byte UDP payload rates, Mbit/s (64 B = 512 bit: 100 Mbit/s ~ 195 kpps).
     udp_ladder: tuple[float, ...] = (5, 10, 20, 30, 50, 70, 100, 140, 200, 280, 400)
+    # Bisection steps between the last rate that passed and the first that failed (each
+    # narrows the ~1.4x ladder step by its square root: 3 steps leave ~4 %).
+    udp_refine: int = 3
     ping_count: int = 20
 
     @classmethod
     def quick(cls) -> Settings:
         return cls(reps=1, tcp_seconds=2.0, udp_seconds=1.0, udp_ladder=(5, 20, 80),
-                   ping_count=5)
+                   udp_refine=1, ping_count=5)
 
 
 @dataclass
@@ -134,22 +138,44 @@ def udp_rcvbuf_errors(topo: Topology) -> int:
 
 def _udp_ladder(topo: Topology, dest: str, settings: Settings, progress: Progress | None
                 ) -> float:
-    """The highest received rate (kpps) among offered rates that lost < 1 %."""
-    best = 0.0
-    for rate in settings.udp_ladder:
+    """The highest received rate (kpps) among offered rates that lost < 1 %: up the ladder
+    until a rate fails, then bisect between it and the last one that passed."""
+
+    def trial(rate: float) -> tuple[float, bool]:
         data = run_iperf3(topo.b, topo.a, dest,
-                          ["-u", "-l", "64", "-w", "2M", "-b", f"{rate:g}M"],
+                          ["-u", "-l", "64", "-w", "2M", "-b", f"{rate:.4g}M"],
                           duration=settings.udp_seconds)
         s = data["end"]["sum"]
         packets, lost, secs = s.get("packets", 0), s.get("lost_packets", 0), s["seconds"]
         loss = 100.0 * lost / packets if packets else 100.0
         kpps = (packets - lost) / secs / 1e3 if secs > 0 else 0.0
         if progress:
-            progress.note(f"UDP 64 B offered {rate:g} Mbit/s: {kpps:.0f} kpps received, "
+            progress.note(f"UDP 64 B offered {rate:.4g} Mbit/s: {kpps:.0f} kpps received, "
                           f"{loss:.2f} % lost")
-        if loss >= 1.0:
+        return kpps, loss < 1.0
+
+    return highest_passing(settings.udp_ladder, settings.udp_refine, trial)
+
+
+def highest_passing(ladder: Sequence[float], refine: int,
+                    trial: Callable[[float], tuple[float, bool]]) -> float:
+    """Climb `ladder` until trial(rate) fails, then bisect (geometric mean) `refine` times
+    between the last rate that passed and the first that failed; the best measured value
+    among passing trials (0 when none passed)."""
+    best, passed, failed = 0.0, 0.0, 0.0
+    for rate in ladder:
+        value, ok = trial(rate)
+        if not ok:
+            failed = rate
             break
-        best = max(best, kpps)
+        best, passed = max(best, value), rate
+    for _ in range(refine if passed and failed else 0):
+        mid = (passed * failed) ** 0.5
+        value, ok = trial(mid)
+        if ok:
+            best, passed = max(best, value), mid
+        else:
+            failed = mid
     return best
 
 
@@ -276,7 +302,8 @@ def write_report(results: Results, out_dir: Path, started: _dt.datetime,
         f"TCP runs {s.tcp_seconds:g} s; UDP offered rates "
         f"{', '.join(f'{r:g}' for r in s.udp_ladder)} Mbit/s of 64-byte payloads "
         "(iperf3 socket buffers 2 MB), "
-        f"{s.udp_seconds:g} s each, stopping at the first with ≥ 1 % loss; "
+        f"{s.udp_seconds:g} s each, up to the first with ≥ 1 % loss, then {s.udp_refine} "
+        "bisection steps (geometric mean) between it and the last that passed; "
         f"{s.ping_count} pings at 20 ms intervals. CPU per GB: user+system CPU seconds of "
         "both daemons during the 1-stream TCP run divided by the GB (10⁹ bytes) received. "
         "Socket-buffer drops: the kernel's UDP RcvbufErrors (both namespaces) during that run "
