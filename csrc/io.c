@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <poll.h>
+#include <stdlib.h>
 #include <string.h>
 
 socklen_t wg_addr_to_sockaddr(const wg_addr *a, struct sockaddr_storage *ss)
@@ -65,4 +66,108 @@ int wg_wait_readable(wg_dp *dp, int fd)
         if (p[0].revents)
             return 1;
     }
+}
+
+/* ---- the two-stage pipeline (WG_THREADS_PIPELINE) -------------------------------------- */
+
+#define PIPE_DEPTH 4                /* rings in flight between the stages */
+
+struct wg_pipe {
+    pthread_mutex_t mu;
+    pthread_cond_t  cv;             /* either side waits on it; changes broadcast */
+    wg_ring *rings[PIPE_DEPTH];
+    wg_ring *full[PIPE_DEPTH];      /* FIFO stage 1 -> stage 2 */
+    uint32_t full_n[PIPE_DEPTH];
+    wg_ring *empty[PIPE_DEPTH];     /* stack stage 2 -> stage 1 */
+    uint32_t nfull, full_head, nempty;
+    int closing;
+    wg_stage_fn fn;
+    void *ctx;
+    pthread_t thread;
+};
+
+static void *pipe_stage2(void *arg)
+{
+    wg_pipe *p = arg;
+    pthread_mutex_lock(&p->mu);
+    for (;;) {
+        while (!p->nfull && !p->closing)
+            pthread_cond_wait(&p->cv, &p->mu);
+        if (!p->nfull)
+            break;                  /* closing and drained */
+        wg_ring *r = p->full[p->full_head];
+        uint32_t n = p->full_n[p->full_head];
+        p->full_head = (p->full_head + 1) % PIPE_DEPTH;
+        p->nfull--;
+        pthread_mutex_unlock(&p->mu);
+        p->fn(p->ctx, r, n);
+        pthread_mutex_lock(&p->mu);
+        p->empty[p->nempty++] = r;
+        pthread_cond_broadcast(&p->cv);
+    }
+    pthread_mutex_unlock(&p->mu);
+    return NULL;
+}
+
+wg_pipe *wg_pipe_new(uint32_t nslots, uint32_t data_cap, wg_stage_fn fn, void *ctx)
+{
+    wg_pipe *p = calloc(1, sizeof(*p));
+    if (!p)
+        return NULL;
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->cv, NULL);
+    p->fn = fn;
+    p->ctx = ctx;
+    for (uint32_t i = 0; i < PIPE_DEPTH; i++) {
+        p->rings[i] = wg_ring_new(nslots, data_cap);
+        if (!p->rings[i])
+            goto fail;
+        p->empty[p->nempty++] = p->rings[i];
+    }
+    if (pthread_create(&p->thread, NULL, pipe_stage2, p) == 0)
+        return p;
+fail:
+    for (uint32_t i = 0; i < PIPE_DEPTH; i++)
+        wg_ring_free(p->rings[i]);
+    pthread_cond_destroy(&p->cv);
+    pthread_mutex_destroy(&p->mu);
+    free(p);
+    return NULL;
+}
+
+wg_ring *wg_pipe_take(wg_pipe *p)
+{
+    pthread_mutex_lock(&p->mu);
+    while (!p->nempty)
+        pthread_cond_wait(&p->cv, &p->mu);
+    wg_ring *r = p->empty[--p->nempty];
+    pthread_mutex_unlock(&p->mu);
+    return r;
+}
+
+void wg_pipe_put(wg_pipe *p, wg_ring *r, uint32_t n)
+{
+    pthread_mutex_lock(&p->mu);
+    uint32_t tail = (p->full_head + p->nfull) % PIPE_DEPTH;
+    p->full[tail] = r;
+    p->full_n[tail] = n;
+    p->nfull++;
+    pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+}
+
+void wg_pipe_free(wg_pipe *p)
+{
+    if (!p)
+        return;
+    pthread_mutex_lock(&p->mu);
+    p->closing = 1;
+    pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+    pthread_join(p->thread, NULL);
+    for (uint32_t i = 0; i < PIPE_DEPTH; i++)
+        wg_ring_free(p->rings[i]);
+    pthread_cond_destroy(&p->cv);
+    pthread_mutex_destroy(&p->mu);
+    free(p);
 }

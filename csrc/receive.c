@@ -18,6 +18,9 @@
  *      consecutive segments of one TCP flow (and with USO, equal-sized datagrams of one UDP
  *      flow) are first joined into one super-packet (wg_gro_coalesce), so the kernel takes a
  *      whole train in one write.
+ *
+ * With WG_THREADS_PIPELINE, step 1 stays on this thread and steps 2-6 run on a second one
+ * (wg_pipe), each batch in a ring of its own.
  */
 #include "io.h"
 
@@ -263,6 +266,46 @@ static uint32_t gro_size(struct msghdr *h)
     return 0;
 }
 
+struct open_stage {
+    wg_dp *dp;
+    struct rxbatch *rb;
+};
+
+/* Stage 2 of the pipeline: steps 2-6 for a batch of datagrams. */
+static void open_stage(void *ctx, wg_ring *r, uint32_t n)
+{
+    struct open_stage *s = ctx;
+    process(s->dp, r, n, s->rb);
+}
+
+/* Steps 2-6 for slots [0, n) here, or on stage 2; the ring to fill next. */
+static wg_ring *hand_on(wg_dp *dp, wg_pipe *pipe, wg_ring *r, uint32_t n, struct rxbatch *rb)
+{
+    if (!pipe) {
+        process(dp, r, n, rb);
+        return r;
+    }
+    wg_pipe_put(pipe, r, n);
+    return wg_pipe_take(pipe);
+}
+
+static void free_rxbatch(struct rxbatch *rb)
+{
+    if (rb)
+        free(rb->scratch);
+    free(rb);
+}
+
+static struct rxbatch *new_rxbatch(int vnet)
+{
+    struct rxbatch *rb = calloc(1, sizeof(*rb));
+    if (rb && vnet && !(rb->scratch = malloc(SCRATCH_CAP))) {
+        free(rb);
+        return NULL;
+    }
+    return rb;
+}
+
 int wg_run_receive(wg_dp *dp, int udp_fd)
 {
     /* A slot takes the largest transport message the MTU allows, plus room to spot larger. */
@@ -271,18 +314,25 @@ int wg_run_receive(wg_dp *dp, int udp_fd)
     int gro = dp->udp_gro;
     uint32_t nslots = gro ? RECV_SLOTS : WG_IO_BATCH;
     uint32_t nbufs = gro ? GRO_BUFS : WG_IO_BATCH;
-    wg_ring *r = wg_ring_new(nslots, cap);
-    struct rxbatch *rb = calloc(1, sizeof(*rb));
+    struct rxbatch *rb = new_rxbatch(dp->tun_vnet);
+    struct open_stage stage = {dp, rb};
+    wg_pipe *pipe = NULL;
+    if (dp->threads == WG_THREADS_PIPELINE && rb) {
+        stage.rb = new_rxbatch(dp->tun_vnet);
+        pipe = stage.rb ? wg_pipe_new(nslots, cap, open_stage, &stage) : NULL;
+    }
+    wg_ring *own = pipe ? NULL : wg_ring_new(nslots, cap);
+    wg_ring *r = pipe ? wg_pipe_take(pipe) : own;
     uint8_t *bufs = gro ? malloc((size_t)GRO_BUFS * GRO_BUF_CAP) : NULL;
-    uint8_t *scratch = dp->tun_vnet ? malloc(SCRATCH_CAP) : NULL;
-    if (!r || !rb || (gro && !bufs) || (dp->tun_vnet && !scratch)) {
-        wg_ring_free(r);
-        free(rb);
+    if (!r || !rb || (gro && !bufs)) {
+        wg_pipe_free(pipe);
+        wg_ring_free(own);
+        free_rxbatch(rb);
+        if (stage.rb != rb)
+            free_rxbatch(stage.rb);
         free(bufs);
-        free(scratch);
         return -ENOMEM;
     }
-    rb->scratch = scratch;
     for (uint32_t i = 0; i < nbufs; i++) {
         rb->iov[i].iov_base = gro ? bufs + (size_t)i * GRO_BUF_CAP : wg_slot(r, i);
         rb->iov[i].iov_len = gro ? GRO_BUF_CAP : msg_cap;
@@ -314,7 +364,9 @@ int wg_run_receive(wg_dp *dp, int udp_fd)
                     wg_drop(dp, WG_DROP_TOO_BIG, 1);
                 }
             }
-            process(dp, r, (uint32_t)got, rb);
+            r = hand_on(dp, pipe, r, (uint32_t)got, rb);
+            for (uint32_t i = 0; pipe && i < nbufs; i++)
+                rb->iov[i].iov_base = wg_slot(r, i);
             continue;
         }
         /* Step 1 with GRO: split each train into slots, processing whenever they are full. */
@@ -331,7 +383,7 @@ int wg_run_receive(wg_dp *dp, int udp_fd)
             for (uint32_t off = 0; off < len; off += seg) {
                 uint32_t l = len - off < seg ? len - off : seg;
                 if (n == nslots) {
-                    process(dp, r, n, rb);
+                    r = hand_on(dp, pipe, r, n, rb);
                     n = 0;
                 }
                 r->addr[n] = src;
@@ -347,11 +399,13 @@ int wg_run_receive(wg_dp *dp, int udp_fd)
             }
         }
         if (n)
-            process(dp, r, n, rb);
+            r = hand_on(dp, pipe, r, n, rb);
     }
-    wg_ring_free(r);
-    free(rb);
+    wg_pipe_free(pipe);
+    wg_ring_free(own);
+    free_rxbatch(rb);
+    if (stage.rb != rb)
+        free_rxbatch(stage.rb);
     free(bufs);
-    free(scratch);
     return 0;
 }

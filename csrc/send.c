@@ -16,7 +16,8 @@
  *   5. the per-peer clocks and byte counters are stamped once per peer per batch.
  *
  * The control plane sends keepalives and staged packets with wg_send_packet, which takes the
- * same path (steps 3-5) for one packet.
+ * same path (steps 3-5) for one packet.  With WG_THREADS_PIPELINE, steps 1-2 stay on this
+ * thread and steps 3-5 run on a second one (wg_pipe), each batch in a ring of its own.
  */
 #include "io.h"
 
@@ -249,15 +250,32 @@ static int read_vnet(wg_dp *dp, wg_ring *r, uint32_t n, uint8_t *big, uint8_t **
     return c;
 }
 
+struct seal_stage {
+    wg_dp *dp;
+    struct txbatch *tb;
+};
+
+/* Stage 2 of the pipeline: steps 3-5 for a routed batch. */
+static void seal_stage(void *ctx, wg_ring *r, uint32_t n)
+{
+    struct seal_stage *s = ctx;
+    seal_and_send(s->dp, r, n, wg_now(), s->tb, 1);
+}
+
 int wg_run_send(wg_dp *dp)
 {
     uint32_t cap = dp->mtu > 1500 ? dp->mtu : 1500;
-    wg_ring *r = wg_ring_new(SEND_SLOTS, cap);
-    struct txbatch *tb = calloc(1, sizeof(*tb));
+    struct seal_stage stage = {dp, calloc(1, sizeof(struct txbatch))};
+    wg_pipe *pipe = dp->threads == WG_THREADS_PIPELINE && stage.tb
+                    ? wg_pipe_new(SEND_SLOTS, cap, seal_stage, &stage) : NULL;
+    wg_ring *own = pipe ? NULL : wg_ring_new(SEND_SLOTS, cap);
+    wg_ring *r = pipe ? wg_pipe_take(pipe) : own;
+    struct txbatch *tb = pipe ? NULL : stage.tb;
     uint8_t *big = malloc(BIG_CAP);
-    if (!r || !tb || !big) {
-        wg_ring_free(r);
-        free(tb);
+    if (!r || !stage.tb || !big) {
+        wg_pipe_free(pipe);
+        wg_ring_free(own);
+        free(stage.tb);
         free(big);
         return -ENOMEM;
     }
@@ -350,11 +368,18 @@ int wg_run_send(wg_dp *dp)
             keep++;
         }
         pthread_rwlock_unlock(&dp->lock);
-        if (keep)
+        if (keep && pipe) {
+            wg_pipe_put(pipe, r, keep);
+            r = wg_pipe_take(pipe);
+            for (uint32_t i = 0; i < SEND_SLOTS; i++)
+                outs[i] = wg_slot(r, i) + WG_HEADROOM;
+        } else if (keep) {
             seal_and_send(dp, r, keep, wg_now(), tb, 1);
+        }
     }
-    wg_ring_free(r);
-    free(tb);
+    wg_pipe_free(pipe);
+    wg_ring_free(own);
+    free(stage.tb);
     free(big);
     return 0;
 }

@@ -10,7 +10,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from wgfast.netns import WGFAST, WGFAST_NO_OFFLOADS, WIREGUARD_GO, Implementation, Topology
+from wgfast.netns import (
+    WGFAST,
+    WGFAST_NO_OFFLOADS,
+    WGFAST_PIPELINE,
+    WIREGUARD_GO,
+    Implementation,
+    Topology,
+)
 
 # Every namespace/interface a test creates starts with this prefix (must be unique per runner).
 NETNS_PREFIX = os.environ.get("WGFAST_NETNS_PREFIX", "wgt")
@@ -19,6 +26,7 @@ IMPLEMENTATIONS: dict[str, Implementation] = {
     "wireguard-go": WIREGUARD_GO,
     "wgfast": WGFAST,
     "wgfast-nooff": WGFAST_NO_OFFLOADS,
+    "wgfast-pipeline": WGFAST_PIPELINE,
 }
 
 

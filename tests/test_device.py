@@ -34,9 +34,9 @@ def link_exists(ns: str, name: str) -> bool:
 
 
 @contextlib.contextmanager
-def device_in(ns: str, name: str) -> Iterator[Device]:
+def device_in(ns: str, name: str, pipeline: bool = False) -> Iterator[Device]:
     """A started Device whose TUN, sockets and threads live in namespace ns."""
-    dev = Device(name)
+    dev = Device(name, pipeline=pipeline)
     try:
         with inside(ns):
             dev.open()
@@ -68,6 +68,12 @@ def one() -> Iterator[Side]:
 
 @pytest.fixture
 def two() -> Iterator[tuple[Side, Side]]:
+    with pair() as sides:
+        yield sides
+
+
+@contextlib.contextmanager
+def pair(pipeline: bool = False) -> Iterator[tuple[Side, Side]]:
     tag = secrets.token_hex(2)
     with netns(f"h6a{tag}") as na, netns(f"h6b{tag}") as nb:
         sh("ip", "link", "add", f"h6va{tag}", "netns", na, "type", "veth", "peer", "name",
@@ -75,7 +81,8 @@ def two() -> Iterator[tuple[Side, Side]]:
         for ns, veth, addr in ((na, f"h6va{tag}", UNDER[0]), (nb, f"h6vb{tag}", UNDER[1])):
             sh("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", veth)
             sh("ip", "-n", ns, "link", "set", veth, "up")
-        with device_in(na, f"h6wa{tag}") as da, device_in(nb, f"h6wb{tag}") as db:
+        with device_in(na, f"h6wa{tag}", pipeline) as da, \
+                device_in(nb, f"h6wb{tag}", pipeline) as db:
             sides = []
             for ns, dev, addr in ((na, da, INNER[0]), (nb, db, INNER[1])):
                 me = StaticIdentity.generate()
@@ -238,12 +245,32 @@ def test_udp_train_crosses_as_one_tun_write(two: tuple[Side, Side]) -> None:
     """A UDP GSO send of 40 datagrams reaches the far socket as 40 intact datagrams; with USO
     on the TUNs it is read as one super-packet, crosses as one GSO train and is written to the
     far TUN as one UDP super-packet (the TUN counts writes as received packets)."""
+    udp_train(*two)
+
+
+def test_pipeline_threads_carry_traffic() -> None:
+    """WGFAST_THREADS=pipeline: the same traffic through two-stage loops, and a data plane
+    restart (MTU raised past the rings) and close with their second threads running."""
+    with pair(pipeline=True) as (a, b):
+        assert a.dev.pipeline and b.dev.pipeline
+        udp_train(a, b)
+        for side in (a, b):
+            sh("ip", "-n", side.ns, "link", "set", side.dev.name, "mtu", "4000")
+        assert until(lambda: a.dev.mtu == 4000 and b.dev.mtu == 4000)
+        r = subprocess.run(["ip", "netns", "exec", a.ns, "ping", "-c", "2", "-i", "0.2", "-W",
+                            "3", "-s", "3800", INNER[1]], capture_output=True, text=True,
+                           timeout=30)
+        assert r.returncode == 0, r.stdout + r.stderr
+        udp_train(a, b, peers=False)
+
+
+def udp_train(a: Side, b: Side, peers: bool = True) -> None:
     from wgfast.device import TUN_TXQUEUELEN
 
-    a, b = two
-    a.dev.add_peer(b.me.public, endpoint=f"{UNDER[1]}:{b.dev.listen_port}",
-                   allowed_ips=[f"{INNER[1]}/32"])
-    b.dev.add_peer(a.me.public, allowed_ips=[f"{INNER[0]}/32"])
+    if peers:
+        a.dev.add_peer(b.me.public, endpoint=f"{UNDER[1]}:{b.dev.listen_port}",
+                       allowed_ips=[f"{INNER[1]}/32"])
+        b.dev.add_peer(a.me.public, allowed_ips=[f"{INNER[0]}/32"])
     assert ping(a.ns, INNER[1]).returncode == 0
     assert sh("ip", "-n", a.ns, "-j", "link", "show", "dev", a.dev.name).stdout.count(
         f'"txqlen":{TUN_TXQUEUELEN}') == 1
@@ -265,3 +292,15 @@ def test_udp_train_crosses_as_one_tun_write(two: tuple[Side, Side]) -> None:
     if a.dev.tun_uso and b.dev.tun_uso:
         assert b.dev.dp is not None and b.dev.dp.offloads()["tun_uso"]
         assert writes < 40, "the datagrams were written to the TUN one by one"
+
+
+def test_threads_mode_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from wgfast.device import DeviceError, pipeline_default
+
+    monkeypatch.delenv("WGFAST_THREADS", raising=False)
+    assert pipeline_default() is False
+    monkeypatch.setenv("WGFAST_THREADS", "Pipeline")
+    assert pipeline_default() is True
+    monkeypatch.setenv("WGFAST_THREADS", "fast")
+    with pytest.raises(DeviceError, match="WGFAST_THREADS"):
+        pipeline_default()

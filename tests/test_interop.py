@@ -43,10 +43,13 @@ PAIRS = [
     # Offloads forced off on one side: per-packet TUN and UDP I/O must interoperate too.
     ("wgfast-nooff", "wireguard-go"),
     ("wgfast", "wgfast-nooff"),
+    # Two-stage pipelines instead of run-to-completion threads (WGFAST_THREADS=pipeline).
+    ("wgfast-pipeline", "wireguard-go"),
 ]
 
 
-SHORT = {"wgfast": "wgfast", "wireguard-go": "wggo", "wgfast-nooff": "wgfastnooff"}
+SHORT = {"wgfast": "wgfast", "wireguard-go": "wggo", "wgfast-nooff": "wgfastnooff",
+         "wgfast-pipeline": "wgfastpipe"}
 
 
 @pytest.fixture(params=PAIRS, ids=[f"{SHORT[a]}-{SHORT[b]}" for a, b in PAIRS])

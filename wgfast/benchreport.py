@@ -30,6 +30,7 @@ from wgfast.netns import (
     UNDERLAY4,
     WGFAST,
     WGFAST_NO_OFFLOADS,
+    WGFAST_PIPELINE,
     WIREGUARD_GO,
     Implementation,
     Topology,
@@ -393,6 +394,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-wgfast", action="store_true", help="leave wgfast out")
     p.add_argument("--offloads-off-too", action="store_true",
                    help="also measure wgfast with TUN/UDP offloads forced off (wgfast-nooff)")
+    p.add_argument("--pipeline-too", action="store_true",
+                   help="also measure wgfast with two-stage pipelines instead of "
+                        "run-to-completion threads (wgfast-pipeline)")
     p.add_argument("--prefix", default="wgb", help="name prefix for namespaces and interfaces")
 
 
@@ -416,6 +420,8 @@ def run(args: argparse.Namespace, out: TextIO = sys.stderr) -> int:
         impls.append(WGFAST)
         if getattr(args, "offloads_off_too", False):
             impls.append(WGFAST_NO_OFFLOADS)
+        if getattr(args, "pipeline_too", False):
+            impls.append(WGFAST_PIPELINE)
     if args.against is None:
         if WIREGUARD_GO.unavailable_reason() is None:
             impls.append(WIREGUARD_GO)

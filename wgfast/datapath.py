@@ -357,6 +357,11 @@ class DataPlane:
         tun = (lib.WG_TUN_VNET | (lib.WG_TUN_USO if tun_uso else 0)) if tun_vnet else 0
         lib.wg_dp_set_offloads(self._dp, tun, int(udp_gso), int(udp_gro))
 
+    def set_threads(self, pipeline: bool) -> None:
+        """Run-to-completion loops (default) or two-stage pipelines (before start())."""
+        lib.wg_dp_set_threads(self._dp, lib.WG_THREADS_PIPELINE if pipeline
+                              else lib.WG_THREADS_RTC)
+
     def offloads(self) -> dict[str, bool]:
         bits = lib.wg_dp_offloads(self._dp)
         return {"tun_vnet": bool(bits & 1), "udp_gso4": bool(bits & 2),

@@ -74,6 +74,15 @@ def offloads_default() -> bool:
     return os.environ.get("WGFAST_OFFLOADS", "on").lower() not in ("off", "0", "no", "false")
 
 
+def pipeline_default() -> bool:
+    """Run-to-completion threads unless WGFAST_THREADS=pipeline (two stages per loop, for
+    comparison; see the README)."""
+    mode = os.environ.get("WGFAST_THREADS", "rtc").lower()
+    if mode not in ("rtc", "pipeline"):
+        raise DeviceError(f"WGFAST_THREADS={mode!r}: expected 'rtc' or 'pipeline'")
+    return mode == "pipeline"
+
+
 class DeviceError(Exception):
     """The device cannot be created or configured."""
 
@@ -122,9 +131,11 @@ class Device:
 
     def __init__(self, name: str, *, mtu: int = 1420, max_peers: int = 1024,
                  uapi_path: str | None = None, serve_uapi: bool = True,
-                 aead: str | None = None, offloads: bool | None = None) -> None:
+                 aead: str | None = None, offloads: bool | None = None,
+                 pipeline: bool | None = None) -> None:
         self.requested_name = name
         self.offloads = offloads_default() if offloads is None else offloads
+        self.pipeline = pipeline_default() if pipeline is None else pipeline
         self.udp_gro = False
         self.tun_uso = False        # the TUN took TUN_F_USO4/6
         self.name = name
@@ -245,6 +256,7 @@ class Device:
             if socks else False
         self.udp_gro = bool(gro)
         self.dp.set_offloads(self.tun.vnet_hdr, self.offloads, self.udp_gro, self.tun_uso)
+        self.dp.set_threads(self.pipeline)
         self.dp.start(self.tun.fileno(),
                       self.sock4.fileno() if self.sock4 else -1,
                       self.sock6.fileno() if self.sock6 else -1)

@@ -108,6 +108,10 @@ WGFAST = Implementation("wgfast", [sys.executable, "-m", "wgfast.daemon", "-f"])
 # The same daemon with TUN and UDP offloads forced off: per-packet reads and writes.
 WGFAST_NO_OFFLOADS = Implementation("wgfast-nooff", [sys.executable, "-m", "wgfast.daemon", "-f"],
                                     env={"WGFAST_OFFLOADS": "off"})
+# The same daemon with two-stage pipelines instead of run-to-completion threads.
+WGFAST_PIPELINE = Implementation("wgfast-pipeline",
+                                 [sys.executable, "-m", "wgfast.daemon", "-f"],
+                                 env={"WGFAST_THREADS": "pipeline"})
 
 
 def implementation_for_binary(path: str, name: str | None = None) -> Implementation:
