@@ -1,5 +1,6 @@
 """TUN offloads: segmenting a 64 KB TCP super-packet and coalescing 44 segments, each against a
-plain memcpy of the same bytes measured in the same run.
+plain memcpy of the same bytes measured in the same run; coalescing 64 small UDP datagrams
+(one TUN write instead of 64).
 
     python3 -m pytest bench/bench_offload.py        (pytest-benchmark; extra_info as bench/)
     python3 bench/bench_offload.py                  (a table with Gbit/s and ratios)
@@ -31,10 +32,17 @@ def _csum(data: bytes) -> int:
     return s
 
 
-def _ipv4(l4: bytes, ident: int) -> bytes:
-    h = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), ident, 0x4000, 64, 6, 0,
+def _ipv4(l4: bytes, ident: int, proto: int = 6) -> bytes:
+    h = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), ident, 0x4000, 64, proto, 0,
                     b"\x0a\0\0\1", b"\x0a\0\0\2")
     return h[:10] + struct.pack("!H", ~_csum(h) & 0xFFFF) + h[12:] + l4
+
+
+def _udp(payload: bytes) -> bytes:
+    l4 = struct.pack("!HHHH", 4000, 5201, 8 + len(payload), 0) + payload
+    ps = b"\x0a\0\0\1\x0a\0\0\2" + struct.pack("!BBH", 0, 17, len(l4))
+    c = ~_csum(ps + l4) & 0xFFFF or 0xFFFF
+    return l4[:6] + struct.pack("!H", c) + l4[8:]
 
 
 def _tcp(seq: int, payload: bytes, flags: int = 0x10, partial: bool = False) -> bytes:
@@ -73,6 +81,15 @@ class World:
         self.out_lens = ffi.new("uint32_t[]", NSEG)
         self.gro_src = ffi.new("uint8_t[]", self.gro_bytes)
 
+        dgrams = [_ipv4(_udp(rng.randbytes(64)), 200 + k, proto=17) for k in range(64)]
+        self.udp_bufs = [ffi.new("uint8_t[]", 16 + len(d)) for d in dgrams]
+        for b, d in zip(self.udp_bufs, dgrams, strict=True):
+            ffi.memmove(b + 16, d, len(d))
+        self.udp_ptrs = ffi.new("uint8_t *[]", [b + 16 for b in self.udp_bufs])
+        self.udp_lens = ffi.new("uint32_t[]", [len(d) for d in dgrams])
+        self.udp_outs = ffi.new("uint8_t *[]", 64)
+        self.udp_outlens = ffi.new("uint32_t[]", 64)
+
     def segment(self) -> int:
         return lib.wg_vnet_segment(self.super_pkt, self.super_len, self.seg_out, 2048,
                                    self.seg_lens, 64)
@@ -83,6 +100,10 @@ class World:
     def coalesce(self) -> int:
         return lib.wg_gro_coalesce(self.gro_ptrs, self.gro_lens, NSEG, self.scratch,
                                    4 * 65600, self.out_ptrs, self.out_lens, NSEG, 0)
+
+    def coalesce_udp(self) -> int:
+        return lib.wg_gro_coalesce(self.udp_ptrs, self.udp_lens, 64, self.scratch, 4 * 65600,
+                                   self.udp_outs, self.udp_outlens, 64, lib.WG_GRO_UDP)
 
     def copy_segments(self) -> None:
         ffi.memmove(self.copy_dst, self.gro_src, self.gro_bytes)
@@ -97,6 +118,7 @@ def world() -> World:
         _world = World()
         assert _world.segment() == _world.nsegs
         assert _world.coalesce() == 1
+        assert _world.coalesce_udp() == 1
     return _world
 
 
@@ -118,6 +140,12 @@ def test_coalesce_44(benchmark) -> None:
     w = world()
     benchmark.extra_info.update(label="coalesce 44x1380", bytes=NSEG * MSS, msgs=NSEG)
     assert benchmark(w.coalesce) == 1
+
+
+def test_coalesce_udp_64x64(benchmark) -> None:
+    w = world()
+    benchmark.extra_info.update(label="coalesce udp 64x64", bytes=64 * 64, msgs=64)
+    assert benchmark(w.coalesce_udp) == 1
 
 
 def test_memcpy_44(benchmark) -> None:
@@ -157,6 +185,9 @@ def main() -> None:
         print(f"{name:45s} {t * 1e6:8.2f} {nbytes * 8 / t / 1e9:15.1f}")
     print(f"segment / memcpy time:  {rows[0][1] / rows[1][1]:.2f}x")
     print(f"coalesce / memcpy time: {rows[2][1] / rows[3][1]:.2f}x")
+    t = _best(w.coalesce_udp)
+    print(f"coalesce 64 x 64-byte UDP datagrams into one write: {t * 1e6:.2f} us "
+          f"({t / 64 * 1e9:.0f} ns per datagram)")
 
 
 if __name__ == "__main__":
