@@ -725,6 +725,9 @@ static uint32_t open_chunk(wg_dp *dp, wg_ring *r, uint32_t first, uint32_t n, do
     }
     if (m)
         run_batch(be, it, m, 0);
+    /* Replay windows are updated under their keypair's lock, taken once per run of messages
+     * of one keypair (a batch is usually one run). */
+    struct wg_keypair *locked = NULL;
     for (uint32_t q = 0; q < m; q++) {
         uint32_t i = slot_of[q];
         struct wg_keypair *kp = kp_of[q];
@@ -734,9 +737,13 @@ static uint32_t open_chunk(wg_dp *dp, wg_ring *r, uint32_t first, uint32_t n, do
         }
         uint8_t *slot = r->slab + (size_t)i * r->slot_size;
         uint64_t ctr = wg_le64(slot + 8);
-        pthread_mutex_lock(&kp->replay_lock);
+        if (kp != locked) {
+            if (locked)
+                pthread_mutex_unlock(&locked->replay_lock);
+            pthread_mutex_lock(&kp->replay_lock);
+            locked = kp;
+        }
         int fresh = wg_replay_update(&kp->replay, ctr);
-        pthread_mutex_unlock(&kp->replay_lock);
         if (!fresh) {
             set_drop(r, i, WG_DROP_REPLAY, dropped);
             continue;
@@ -755,6 +762,8 @@ static uint32_t open_chunk(wg_dp *dp, wg_ring *r, uint32_t first, uint32_t n, do
         r->status[i] = WG_OK;
         ok++;
     }
+    if (locked)
+        pthread_mutex_unlock(&locked->replay_lock);
     return ok;
 }
 
