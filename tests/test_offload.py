@@ -345,10 +345,17 @@ def stream(total: int, mss: int, v6: bool = False, seq: int = 5000, sport: int =
     for k, off in enumerate(range(0, total, mss)):
         chunk = data[off:off + mss]
         last = off + mss >= total
-        pkts.append(tcp_packet(chunk, seq + off, ACK | (PSH if last and psh_last else 0),
-                               v6=v6, ident=(ident + k) & 0xFFFF, sport=sport,
-                               options=options))
+        flags = ACK | (PSH if last and psh_last else 0)
+        pkts.append(tcp_packet(chunk, (seq + off) & 0xFFFFFFFF, flags, v6=v6,
+                               ident=(ident + k) & 0xFFFF, sport=sport, options=options))
     return pkts, data
+
+
+def test_coalesce_across_sequence_wrap() -> None:
+    """Sequence numbers wrap at 2**32 in the middle of a super-packet."""
+    pkts, _ = stream(10 * 1000, 1000, seq=0xFFFFFFFF - 4500)
+    writes = coalesce(pkts)
+    assert len(writes) == 1 and kernel_view(writes[0]) == pkts
 
 
 def test_coalesce_one_flow_fields() -> None:
