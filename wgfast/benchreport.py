@@ -371,7 +371,12 @@ def write_charts(results: Results, out_dir: Path) -> list[Path]:
         ax.set_ylabel(unit)
         ax.set_title(f"{title} ({'higher' if higher else 'lower'} is better)")
         for i, m in enumerate(meds):
-            ax.annotate(f"{m:.3g}", (i, m), ha="center", va="bottom", fontsize=9)
+            # above the whisker, so the number never sits on the error bar
+            ax.annotate(f"{m:,.0f}" if m >= 1000 else f"{m:.3g}", (i, m + hi[i]), xytext=(0, 3),
+                        textcoords="offset points", ha="center", va="bottom", fontsize=9)
+        ax.margins(y=0.12)
+        if len(names) > 4:      # long names side by side would run into each other
+            ax.tick_params(axis="x", labelsize=8, labelrotation=15)
         fig.tight_layout()
         p = out_dir / f"{key}.png"
         fig.savefig(p, dpi=100)
