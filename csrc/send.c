@@ -2,9 +2,10 @@
  * send.c -- the outbound flow, run to completion by one thread:
  *
  *   1. wait until the TUN is readable, then read packets into ring slots at HEADROOM until the
- *      batch is full or the TUN is empty.  With TUN offloads a read may be a TSO/USO
- *      super-packet of up to 64 KB: wg_vnet_segment cuts it into MTU-sized packets, one per
- *      slot (the first where it was read; a plain packet is never copied);
+ *      batch is full or the TUN is empty.  With TUN offloads each read lands in one 64 KB
+ *      buffer, as it may be a TSO/USO super-packet: wg_vnet_segment cuts it into MTU-sized
+ *      packets, one per slot, finishing checksums as it copies (one plain read() there cost
+ *      less per small packet than a readv() split between a slot and the buffer);
  *   2. under the configuration lock, map each packet's destination address to a peer through
  *      the allowed-IPs trie (no owner: counted drop WG_DROP_NO_ROUTE);
  *   3. wg_seal_batch pads, numbers and seals every packet in place under its peer's current
@@ -215,30 +216,22 @@ static void seal_and_send(wg_dp *dp, wg_ring *r, uint32_t n, double now, struct 
     }
 }
 
-/* Read one TUN packet with its vnet header into slot n (and, for a super-packet, on into
- * big), and cut it into slots n, n+1, ... (outs[i] = where slot i's packet starts).
+/* Read one TUN packet with its vnet header into big and cut it into slots n, n+1, ...
+ * (outs[i] = where slot i's packet starts).
  * Returns the number of packets, 0 for a counted drop, -1 when the TUN has nothing more (or
  * failed: *err set). */
 static int read_vnet(wg_dp *dp, wg_ring *r, uint32_t n, uint8_t *big, uint8_t **outs,
                      int *err)
 {
-    uint32_t head = WG_VNET_HDR_LEN + r->data_cap;
-    uint8_t *slot = wg_slot(r, n) + WG_HEADROOM - WG_VNET_HDR_LEN;
-    struct iovec iov[2] = {{slot, head}, {big + head, BIG_CAP - head}};
     ssize_t got;
     do {
-        got = readv(dp->tun_fd, iov, 2);
+        got = read(dp->tun_fd, big, BIG_CAP);
     } while (got < 0 && errno == EINTR);
     if (got <= 0) {
         *err = got < 0 && errno != EAGAIN;
         return -1;
     }
-    const uint8_t *pkt = slot;
-    if ((uint32_t)got > head) {
-        memcpy(big, slot, head);            /* join the two parts of a super-packet */
-        pkt = big;
-    }
-    int c = wg_vnet_segment(pkt, (uint32_t)got, outs + n, r->data_cap, &r->len[n],
+    int c = wg_vnet_segment(big, (uint32_t)got, outs + n, r->data_cap, &r->len[n],
                             SEND_SLOTS - n);
     if (c <= 0) {
         wg_drop(dp, c == -WG_OFF_ERR_TOO_BIG || c == -WG_OFF_ERR_TOO_MANY ? WG_DROP_TOO_BIG
