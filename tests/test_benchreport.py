@@ -85,3 +85,22 @@ def test_udp_ladder_bisects_between_pass_and_fail() -> None:
     tried.clear()
     assert benchreport.highest_passing((1, 2), 3, lambda r: (tried.append(r) or r, True)) == 2
     assert tried == [1, 2]
+
+
+def test_ratios_to_other_daemons() -> None:
+    """The report divides wgfast's medians by each other daemon's; its own variants and the
+    raw link are not 'others'."""
+    r = benchreport.Results(benchreport.Settings())
+    r.targets = [benchreport.RAW, "wgfast", "wgfast-nooff", "wireguard-go"]
+    r.values = {
+        benchreport.RAW: {"tcp1": [10.0]},
+        "wgfast": {"tcp1": [4.0, 5.0, 6.0], "udp64": [300.0], "cpu_per_gb": [2.0]},
+        "wgfast-nooff": {"tcp1": [2.0]},
+        "wireguard-go": {"tcp1": [1.0, 0.5, 0.9], "udp64": [100.0], "cpu_per_gb": [16.0]},
+    }
+    lines = benchreport._ratios_to_others(r)
+    got = [ln for ln in lines if ln.startswith("- ")]
+    assert got == ["- wgfast ÷ wireguard-go: tcp1 5.56×, udp64 3.00×, cpu_per_gb 0.12×"]
+    r.values.pop("wireguard-go")
+    r.targets.remove("wireguard-go")
+    assert benchreport._ratios_to_others(r) == []

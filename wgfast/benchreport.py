@@ -233,8 +233,9 @@ def _first_line(argv: list[str]) -> str:
 
 
 def impl_version(impl: Implementation) -> str:
-    if impl.name == "wgfast":
-        return f"wgfast {wgfast.__version__}"
+    if impl.name.startswith("wgfast"):
+        env = " ".join(f"{k}={v}" for k, v in impl.env)
+        return f"wgfast {wgfast.__version__}" + (f" ({env})" if env else "")
     if "wireguard-go" in os.path.basename(impl.argv[0]):
         return _first_line([impl.argv[0], "--version"])
     return impl.argv[0]
@@ -328,6 +329,7 @@ def write_report(results: Results, out_dir: Path, started: _dt.datetime,
                 r = statistics.median(results.values[t][k]) / statistics.median(raw[k])
                 parts.append(f"{k} {r:.2f}×")
         lines.append(f"- {t}: " + ", ".join(parts))
+    lines += _ratios_to_others(results)
     lines += ["", "## Charts", ""]
     for k, title, _, _ in METRICS:
         if (out_dir / f"{k}.png").exists():
@@ -343,6 +345,26 @@ def write_report(results: Results, out_dir: Path, started: _dt.datetime,
     path = out_dir / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _ratios_to_others(results: Results) -> list[str]:
+    """wgfast's medians divided by each other daemon's (CPU per GB: lower is better)."""
+    ours = results.values.get("wgfast", {})
+    others = [t for t in results.targets if t not in (RAW, "wgfast")
+              and not t.startswith("wgfast-")]
+    if not ours or not others:
+        return []
+    lines = ["", "## wgfast against the others (median ÷ median)", ""]
+    for t in others:
+        theirs = results.values.get(t, {})
+        parts = []
+        for k in ("tcp1", "tcp4", "udp64", "cpu_per_gb"):
+            if ours.get(k) and theirs.get(k) and statistics.median(theirs[k]) > 0:
+                r = statistics.median(ours[k]) / statistics.median(theirs[k])
+                parts.append(f"{k} {r:.2f}×")
+        if parts:
+            lines.append(f"- wgfast ÷ {t}: " + ", ".join(parts))
+    return lines
 
 
 def write_charts(results: Results, out_dir: Path) -> list[Path]:
