@@ -324,14 +324,10 @@ int wg_run_receive(wg_dp *dp, int udp_fd)
     wg_ring *own = pipe ? NULL : wg_ring_new(nslots, cap);
     wg_ring *r = pipe ? wg_pipe_take(pipe) : own;
     uint8_t *bufs = gro ? malloc((size_t)GRO_BUFS * GRO_BUF_CAP) : NULL;
+    int ret = 0;
     if (!r || !rb || (gro && !bufs)) {
-        wg_pipe_free(pipe);
-        wg_ring_free(own);
-        free_rxbatch(rb);
-        if (stage.rb != rb)
-            free_rxbatch(stage.rb);
-        free(bufs);
-        return -ENOMEM;
+        ret = -ENOMEM;
+        goto out;
     }
     for (uint32_t i = 0; i < nbufs; i++) {
         rb->iov[i].iov_base = gro ? bufs + (size_t)i * GRO_BUF_CAP : wg_slot(r, i);
@@ -401,11 +397,12 @@ int wg_run_receive(wg_dp *dp, int udp_fd)
         if (n)
             r = hand_on(dp, pipe, r, n, rb);
     }
+out:
     wg_pipe_free(pipe);
     wg_ring_free(own);
     free_rxbatch(rb);
     if (stage.rb != rb)
         free_rxbatch(stage.rb);
     free(bufs);
-    return 0;
+    return ret;
 }

@@ -265,14 +265,12 @@ int wg_run_send(wg_dp *dp)
     wg_ring *r = pipe ? wg_pipe_take(pipe) : own;
     struct txbatch *tb = pipe ? NULL : stage.tb;
     uint8_t *big = malloc(BIG_CAP);
+    int ret = 0;
     if (!r || !stage.tb || !big) {
-        wg_pipe_free(pipe);
-        wg_ring_free(own);
-        free(stage.tb);
-        free(big);
-        return -ENOMEM;
+        ret = -ENOMEM;
+        goto out;
     }
-    int vnet = dp->tun_vnet;
+    int vnet = dp->tun_vnet & WG_TUN_VNET;
     uint8_t *outs[SEND_SLOTS];
     for (uint32_t i = 0; i < SEND_SLOTS; i++)
         outs[i] = wg_slot(r, i) + WG_HEADROOM;
@@ -370,11 +368,12 @@ int wg_run_send(wg_dp *dp)
             seal_and_send(dp, r, keep, wg_now(), tb, 1);
         }
     }
+out:
     wg_pipe_free(pipe);
     wg_ring_free(own);
     free(stage.tb);
     free(big);
-    return 0;
+    return ret;
 }
 
 int wg_send_packet(wg_dp *dp, uint32_t peer, const uint8_t *pkt, uint32_t len, double now)

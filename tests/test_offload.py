@@ -7,24 +7,22 @@ implementation; header layouts are RFC 791 (IPv4), RFC 8200 (IPv6), RFC 9293 (TC
 
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import os
 import random
 import select
-import shutil
 import socket
 import struct
 import subprocess
-import threading
 from dataclasses import dataclass
 
 import pytest
-from conftest import inet_csum, inet_sum
+from conftest import inet_csum, inet_sum, needs_tun
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from wgfast.datapath import ffi, lib
+from wgfast.netns import inside
 
 VNET = 10
 ACK, PSH, FIN, SYN, RST, CWR, ECE = 0x10, 0x08, 0x01, 0x02, 0x04, 0x80, 0x40
@@ -620,42 +618,17 @@ def test_coalesce_fuzz_never_crashes(blobs: list[bytes], mutate: int) -> None:
 
 IFF_TUN, IFF_NO_PI, IFF_VNET_HDR = 0x0001, 0x1000, 0x4000
 TUNSETIFF, TUNSETOFFLOAD = 0x400454CA, 0x400454D0       # _IOW('T', 202/208, int)
-CLONE_NEWNET = 0x40000000
 
 
-def _in_netns(ns: str, fn):
-    """Run fn in a thread that entered network namespace ns (setns is per thread)."""
-    result: dict[str, object] = {}
-
-    def body() -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        with open(f"/run/netns/{ns}") as f:
-            if libc.setns(f.fileno(), CLONE_NEWNET) != 0:
-                result["err"] = OSError(ctypes.get_errno(), "setns")
-                return
-        try:
-            result["ok"] = fn()
-        except BaseException as e:  # noqa: BLE001 - re-raised in the test thread
-            result["err"] = e
-
-    t = threading.Thread(target=body)
-    t.start()
-    t.join(60)
-    assert not t.is_alive(), "namespace worker hung"
-    if "err" in result:
-        raise result["err"]  # type: ignore[misc]
-    return result["ok"]
-
-
-@pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/dev/net/tun")
-                    or shutil.which("ip") is None, reason="needs root, /dev/net/tun and ip")
+@needs_tun()
 def test_real_tun_tso_and_gro() -> None:
     """The kernel hands us a TSO super-packet that we cut into valid segments, and takes a
     super-packet we coalesced: its TCP socket receives the bytes intact."""
     ns, dev = f"h5off{os.getpid()}", "h5tun0"
     subprocess.run(["ip", "netns", "add", ns], check=True)
     try:
-        _in_netns(ns, lambda: _tun_conversation(ns, dev))
+        with inside(ns):
+            _tun_conversation(ns, dev)
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=False)
 
@@ -744,8 +717,7 @@ def _tun_conversation(ns: str, dev: str) -> None:
         os.close(fd)
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/dev/net/tun")
-                    or shutil.which("ip") is None, reason="needs root, /dev/net/tun and ip")
+@needs_tun()
 @pytest.mark.parametrize("v6", [False, True])
 def test_real_tun_takes_udp_train(v6: bool) -> None:
     """A UDP train we coalesced, written to a TUN that took USO, reaches a plain UDP socket as
@@ -753,7 +725,8 @@ def test_real_tun_takes_udp_train(v6: bool) -> None:
     ns, dev = f"h5uso{os.getpid()}", "h5tun1"
     subprocess.run(["ip", "netns", "add", ns], check=True)
     try:
-        _in_netns(ns, lambda: _udp_train(ns, dev, v6))
+        with inside(ns):
+            _udp_train(ns, dev, v6)
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=False)
 

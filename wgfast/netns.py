@@ -106,11 +106,9 @@ class Implementation:
 WIREGUARD_GO = Implementation("wireguard-go", ["wireguard-go", "-f"])
 WGFAST = Implementation("wgfast", [sys.executable, "-m", "wgfast.daemon", "-f"])
 # The same daemon with TUN and UDP offloads forced off: per-packet reads and writes.
-WGFAST_NO_OFFLOADS = Implementation("wgfast-nooff", [sys.executable, "-m", "wgfast.daemon", "-f"],
-                                    env={"WGFAST_OFFLOADS": "off"})
+WGFAST_NO_OFFLOADS = Implementation("wgfast-nooff", WGFAST.argv, env={"WGFAST_OFFLOADS": "off"})
 # The same daemon with two-stage pipelines instead of run-to-completion threads.
-WGFAST_PIPELINE = Implementation("wgfast-pipeline",
-                                 [sys.executable, "-m", "wgfast.daemon", "-f"],
+WGFAST_PIPELINE = Implementation("wgfast-pipeline", WGFAST.argv,
                                  env={"WGFAST_THREADS": "pipeline"})
 
 
