@@ -9,6 +9,7 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
 
 from wgfast.netns import (
     WGFAST,
@@ -18,6 +19,10 @@ from wgfast.netns import (
     Implementation,
     Topology,
 )
+
+# CI machines are shared and 2-core: a slow example is load, not a bug, so no per-example deadline.
+settings.register_profile("wgfast", deadline=None)
+settings.load_profile("wgfast")
 
 # Every namespace/interface a test creates starts with this prefix (must be unique per runner).
 NETNS_PREFIX = os.environ.get("WGFAST_NETNS_PREFIX", "wgt")

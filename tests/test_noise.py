@@ -258,7 +258,9 @@ def test_noiseprotocol_initiation_readable_by_wireguard():
 def test_wrong_psk_and_tampering_fail():
     init, resp = N.StaticIdentity.generate(), N.StaticIdentity.generate()
     msg, hs = N.create_initiation(init, resp.public, 1, 1.0e9)
-    bad = Initiation(msg.sender, msg.ephemeral, msg.encrypted_static[:-1] + b"\0",
+    # flip a bit: overwriting with a fixed byte is a no-op when the tag already ends in it
+    tag_end = bytes([msg.encrypted_static[-1] ^ 1])
+    bad = Initiation(msg.sender, msg.ephemeral, msg.encrypted_static[:-1] + tag_end,
                      msg.encrypted_timestamp)
     with pytest.raises(N.HandshakeError):
         N.consume_initiation(resp, bad)
