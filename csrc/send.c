@@ -382,12 +382,13 @@ int wg_send_packet(wg_dp *dp, uint32_t peer, const uint8_t *pkt, uint32_t len, d
     static __thread struct txbatch *tb;
     if (peer >= dp->max_peers)
         return WG_DROP_NO_ROUTE;
-    if (!r) {
+    /* Allocated on first use, each retried until it exists: half a pair must not be used. */
+    if (!r)
         r = wg_ring_new(1, 65536 - WG_HEADROOM - WG_TAILROOM - 64);
+    if (!tb)
         tb = calloc(1, sizeof(*tb));
-        if (!r || !tb)
-            return WG_DROP_IO;
-    }
+    if (!r || !tb)
+        return WG_DROP_IO;
     if (len > r->data_cap || len > dp->mtu)
         return WG_DROP_TOO_BIG;
     if (len)

@@ -176,7 +176,7 @@ def padded(n: int, mtu: int) -> int:
 FIXTURE_OK = [HealthCheck.function_scoped_fixture]
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=FIXTURE_OK)
+@settings(max_examples=40, suppress_health_check=FIXTURE_OK)
 @given(data=st.data())
 def test_seal_opens_with_pynacl_and_back(backend, data) -> None:
     p = Pair(npeers=3)
@@ -332,7 +332,7 @@ def test_endpoint_copied(pair, backend) -> None:
     assert (e["family"], e["port"], list(e["addr"][:4])) == (2, 51820, [127, 0, 0, 1])
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=FIXTURE_OK)
+@settings(max_examples=200, suppress_health_check=FIXTURE_OK)
 @given(blob=st.binary(max_size=1600), length=st.integers(0, 2**32 - 1))
 def test_garbage_never_crashes(pair, blob: bytes, length: int) -> None:
     r = pair.ring

@@ -183,7 +183,7 @@ def test_load_config(tmp_path: object) -> None:
         load_config(path + ".missing")
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200)
 @given(st.text(alphabet=st.sampled_from(list("[]=#,./:abcdefilnoprstuyAEIKPS0123456789 \n")),
                max_size=120))
 def test_garbage_gives_config_error(text: str) -> None:

@@ -313,7 +313,7 @@ def test_segment_errors() -> None:
     assert segment(csum_past_end) == -lib.WG_OFF_ERR_HEADER
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=3000)
 @given(st.binary(min_size=0, max_size=400), st.integers(0, 9), st.integers(0, 0xFFFF))
 def test_segment_fuzz_never_crashes(blob: bytes, mode: int, word: int) -> None:
     base = super_packet(bytes(300), 100, v6=bool(mode & 1), proto=6 if mode < 6 else 17)
@@ -560,7 +560,7 @@ def test_udp_and_tcp_of_the_same_ports_stay_apart() -> None:
     assert len(writes) == 3
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200)
 @given(st.lists(st.tuples(st.integers(1, 9000), st.sampled_from([536, 1000, 1380, 1440]),
                           st.booleans()), min_size=1, max_size=4),
        st.randoms(use_true_random=False))
@@ -596,7 +596,7 @@ def test_coalesce_interleaved_round_trip(flows: list[tuple[int, int, bool]],
     assert per_flow(back) == per_flow(mixed)
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=500)
 @given(st.lists(st.binary(min_size=0, max_size=200), min_size=0, max_size=20),
        st.integers(0, 3))
 def test_coalesce_fuzz_never_crashes(blobs: list[bytes], mutate: int) -> None:

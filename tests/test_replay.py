@@ -133,7 +133,7 @@ class Naive:
         return True
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300)
 @given(
     st.integers(0, 2**40),
     st.lists(
@@ -153,7 +153,7 @@ def test_matches_naive_model(base: int, deltas: list[int]) -> None:
         assert accept(w, n) is model.accept(n), n
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100)
 @given(st.lists(st.integers(REJECT - 20000, REJECT + 5), max_size=100))
 def test_matches_naive_model_near_reject(counters: list[int]) -> None:
     w, model = new_window(), Naive()
