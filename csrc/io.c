@@ -49,6 +49,73 @@ int wg_addr_equal(const wg_addr *a, const wg_addr *b)
     return memcmp(a, b, sizeof(*a)) == 0;
 }
 
+int wg_addr_has_src(const wg_addr *a)
+{
+    static const uint8_t zero[16];
+    return memcmp(a->src, zero, sizeof(zero)) != 0;
+}
+
+void wg_addr_clear_src(wg_addr *a)
+{
+    memset(a->src, 0, sizeof(a->src));
+    a->src_ifindex = 0;
+}
+
+void wg_addr_src_from_msg(wg_addr *a, struct msghdr *h)
+{
+    wg_addr_clear_src(a);
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(h); c; c = CMSG_NXTHDR(h, c)) {
+        if (a->family == AF_INET && c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_PKTINFO &&
+            c->cmsg_len >= CMSG_LEN(sizeof(struct in_pktinfo))) {
+            struct in_pktinfo pi;
+            memcpy(&pi, CMSG_DATA(c), sizeof(pi));
+            /* spec_dst: the local address a reply should leave from (the destination, unless
+             * that was a broadcast).  No ifindex for IPv4: the route picks the interface. */
+            memcpy(a->src, &pi.ipi_spec_dst, 4);
+            return;
+        }
+        if (a->family == AF_INET6 && c->cmsg_level == IPPROTO_IPV6 &&
+            c->cmsg_type == IPV6_PKTINFO && c->cmsg_len >= CMSG_LEN(sizeof(struct in6_pktinfo))) {
+            struct in6_pktinfo pi;
+            memcpy(&pi, CMSG_DATA(c), sizeof(pi));
+            memcpy(a->src, &pi.ipi6_addr, 16);
+            a->src_ifindex = (uint32_t)pi.ipi6_ifindex;
+            return;
+        }
+    }
+}
+
+size_t wg_put_src_cmsg(struct cmsghdr *c, const wg_addr *a)
+{
+    if (a->family == AF_INET) {
+        struct in_pktinfo pi;
+        memset(&pi, 0, sizeof(pi));
+        memcpy(&pi.ipi_spec_dst, a->src, 4);
+        c->cmsg_level = IPPROTO_IP;
+        c->cmsg_type = IP_PKTINFO;
+        c->cmsg_len = CMSG_LEN(sizeof(pi));
+        memcpy(CMSG_DATA(c), &pi, sizeof(pi));
+        return CMSG_SPACE(sizeof(pi));
+    }
+    struct in6_pktinfo pi;
+    memset(&pi, 0, sizeof(pi));
+    memcpy(&pi.ipi6_addr, a->src, 16);
+    pi.ipi6_ifindex = (int)a->src_ifindex;
+    c->cmsg_level = IPPROTO_IPV6;
+    c->cmsg_type = IPV6_PKTINFO;
+    c->cmsg_len = CMSG_LEN(sizeof(pi));
+    memcpy(CMSG_DATA(c), &pi, sizeof(pi));
+    return CMSG_SPACE(sizeof(pi));
+}
+
+int wg_src_error(int err)
+{
+    /* EINVAL / EADDRNOTAVAIL: the address is no longer local; ENETUNREACH / EHOSTUNREACH:
+     * no route from it; ENODEV / ENXIO: its interface is gone. */
+    return err == EINVAL || err == EADDRNOTAVAIL || err == ENETUNREACH || err == EHOSTUNREACH ||
+           err == ENODEV || err == ENXIO;
+}
+
 int wg_wait_readable(wg_dp *dp, int fd)
 {
     struct pollfd p[2] = {{.fd = fd, .events = POLLIN}, {.fd = dp->stop_fd, .events = POLLIN}};

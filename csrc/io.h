@@ -12,6 +12,20 @@ socklen_t wg_addr_to_sockaddr(const wg_addr *a, struct sockaddr_storage *ss);
 void      wg_addr_from_sockaddr(wg_addr *a, const struct sockaddr_storage *ss);
 int       wg_addr_equal(const wg_addr *a, const wg_addr *b);
 
+/* Sticky source (wg_addr.src).  A received datagram's IP_PKTINFO / IPV6_PKTINFO cmsg gives
+ * the local address it reached (and for IPv6 the interface); a send puts it back in its own
+ * IP_PKTINFO / IPV6_PKTINFO cmsg, which the kernel refuses (wg_src_error) once the address
+ * left the host. */
+#define WG_SRC_CMSG_SPACE CMSG_SPACE(sizeof(struct in6_pktinfo))
+int    wg_addr_has_src(const wg_addr *a);
+void   wg_addr_clear_src(wg_addr *a);
+/* Set a->src / src_ifindex from the pktinfo cmsg of h (a->family already set); none: cleared. */
+void   wg_addr_src_from_msg(wg_addr *a, struct msghdr *h);
+/* Write a's source as a cmsg at c (WG_SRC_CMSG_SPACE bytes free); returns the bytes used. */
+size_t wg_put_src_cmsg(struct cmsghdr *c, const wg_addr *a);
+/* 1 when a send failing with err may be the source's fault: drop it and route afresh. */
+int    wg_src_error(int err);
+
 /* Block until fd is readable or the data plane is stopped.  1 = readable, 0 = stopped. */
 int wg_wait_readable(wg_dp *dp, int fd);
 

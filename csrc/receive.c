@@ -2,9 +2,10 @@
  * receive.c -- the inbound flow, run to completion by one thread per UDP socket:
  *
  *   1. wait until the socket is readable, then recvmmsg up to WG_IO_BATCH datagrams, each into
- *      a ring slot at offset 0, with its source address.  With UDP GRO a read may hold a train
- *      of equal-sized datagrams from one source: they are then read into large buffers and
- *      split into slots;
+ *      a ring slot at offset 0, with its source address and (IP_PKTINFO / IPV6_PKTINFO) the
+ *      local address and interface it reached: the sticky source replies leave from.  With
+ *      UDP GRO a read may hold a train of equal-sized datagrams from one source: they are then
+ *      read into large buffers and split into slots;
  *   2. handshake messages (types 1-3) go to Python as WG_EV_HANDSHAKE events; anything that is
  *      not a plausible transport message is a counted drop;
  *   3. wg_open_batch looks each transport message's receiver index up, pre-checks the replay
@@ -13,7 +14,8 @@
  *      IPv4/IPv6 packet whose length fits and whose source address the allowed-IPs trie maps
  *      back to the peer that sent it (else WG_DROP_ALLOWED_IPS);
  *   5. per peer, once per batch: clocks and byte counters stamped, the endpoint moved to the
- *      newest authenticated source (roaming), a rekey requested when our keypair is old;
+ *      newest authenticated source and the local address it reached (roaming; a new local
+ *      address alone also moves it), a rekey requested when our keypair is old;
  *   6. the surviving packets are written to the TUN, one write each; with TUN offloads,
  *      consecutive segments of one TCP flow (and with USO, equal-sized datagrams of one UDP
  *      flow) are first joined into one super-packet (wg_gro_coalesce), so the kernel takes a
@@ -45,7 +47,7 @@ struct rxbatch {
     struct iovec iov[WG_IO_BATCH];
     struct sockaddr_storage src[WG_IO_BATCH];
     union {
-        char buf[CMSG_SPACE(sizeof(int))];
+        char buf[CMSG_SPACE(sizeof(int)) + WG_SRC_CMSG_SPACE];    /* UDP_GRO, pktinfo */
         struct cmsghdr align;
     } ctl[WG_IO_BATCH];
     uint8_t *scratch;               /* SCRATCH_CAP bytes, for wg_gro_coalesce */
@@ -353,6 +355,7 @@ int wg_run_receive(wg_dp *dp, int udp_fd)
             /* Step 1 without GRO: every datagram is already in its own slot. */
             for (uint32_t i = 0; i < (uint32_t)got; i++) {
                 wg_addr_from_sockaddr(&r->addr[i], &rb->src[i]);
+                wg_addr_src_from_msg(&r->addr[i], &rb->msgs[i].msg_hdr);
                 r->len[i] = rb->msgs[i].msg_len;
                 r->status[i] = WG_OK;
                 if (rb->msgs[i].msg_hdr.msg_flags & MSG_TRUNC) {
@@ -375,6 +378,7 @@ int wg_run_receive(wg_dp *dp, int udp_fd)
                 seg = len;
             wg_addr src;
             wg_addr_from_sockaddr(&src, &rb->src[b]);
+            wg_addr_src_from_msg(&src, h);
             const uint8_t *p = rb->iov[b].iov_base;
             for (uint32_t off = 0; off < len; off += seg) {
                 uint32_t l = len - off < seg ? len - off : seg;

@@ -12,8 +12,11 @@
  *      keypair; a peer without a usable keypair gets its packets handed to Python (WG_EV_STAGE)
  *      and a handshake requested;
  *   4. one sendmmsg per address family sends every sealed message from the slot it was read
- *      into; with UDP GSO, runs of equal-sized messages to one endpoint go as one datagram
- *      train (UDP_SEGMENT) that the kernel splits as late as it can;
+ *      into, from the endpoint's sticky source (an IP_PKTINFO / IPV6_PKTINFO cmsg: the local
+ *      address the peer last reached us on; when the kernel refuses it, the source is
+ *      forgotten and the message goes again as routing decides); with UDP GSO, runs of
+ *      equal-sized messages to one endpoint go as one datagram train (UDP_SEGMENT) that the
+ *      kernel splits as late as it can;
  *   5. the per-peer clocks and byte counters are stamped once per peer per batch.
  *
  * The control plane sends keepalives and staged packets with wg_send_packet, which takes the
@@ -40,16 +43,49 @@
 #define UDP_SEGMENT 103
 #endif
 
+#define CTL_SPACE (CMSG_SPACE(sizeof(uint16_t)) + WG_SRC_CMSG_SPACE)
+
 struct txbatch {
     struct mmsghdr msgs[SEND_SLOTS];
     struct iovec iov[SEND_SLOTS];
     struct sockaddr_storage dst[SEND_SLOTS];
     uint32_t nseg[SEND_SLOTS];      /* messages in each mmsghdr */
+    uint32_t first[SEND_SLOTS];     /* ring slot of each mmsghdr's first message */
+    uint16_t gso[SEND_SLOTS];       /* its UDP_SEGMENT size, 0 = one datagram */
     union {
-        char buf[CMSG_SPACE(sizeof(uint16_t))];
+        char buf[CTL_SPACE];
         struct cmsghdr align;
     } ctl[SEND_SLOTS];
 };
+
+/* Control messages of tb->msgs[m]: the sticky source of a (if any), then the GSO size. */
+static void set_ctl(struct txbatch *tb, uint32_t m, const wg_addr *a, uint16_t gso)
+{
+    struct msghdr *h = &tb->msgs[m].msg_hdr;
+    char *b = tb->ctl[m].buf;
+    size_t used = 0;
+    if (wg_addr_has_src(a))
+        used = wg_put_src_cmsg((struct cmsghdr *)b, a);
+    if (gso) {
+        struct cmsghdr *c = (struct cmsghdr *)(b + used);   /* CMSG_SPACE keeps alignment */
+        c->cmsg_level = SOL_UDP;
+        c->cmsg_type = UDP_SEGMENT;
+        c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+        memcpy(CMSG_DATA(c), &gso, sizeof(gso));
+        used += CMSG_SPACE(sizeof(uint16_t));
+    }
+    h->msg_control = used ? b : NULL;
+    h->msg_controllen = used;
+}
+
+/* The peer's endpoint forgets its source if it still is bad's: routing picks from now on. */
+static void forget_src(wg_dp *dp, uint32_t peer, const wg_addr *bad)
+{
+    pthread_rwlock_wrlock(&dp->lock);
+    if (peer < dp->max_peers && wg_addr_equal(&dp->endpoints[peer], bad))
+        wg_addr_clear_src(&dp->endpoints[peer]);
+    pthread_rwlock_unlock(&dp->lock);
+}
 
 /* Destination address of an IP packet at p, or NULL when it is not a sane IPv4/IPv6 packet. */
 static const uint8_t *inner_dst(const uint8_t *p, uint32_t len, int *family)
@@ -65,28 +101,44 @@ static const uint8_t *inner_dst(const uint8_t *p, uint32_t len, int *family)
     return NULL;
 }
 
-/* Send tb->msgs[0, nm).  A GSO train the kernel refuses (EIO: no checksum offload on the
- * route; EINVAL) turns GSO off for this family and goes again as single datagrams. */
-static void send_all(wg_dp *dp, int fd, int *gso, struct txbatch *tb, uint32_t nm)
+/* Send tb->msgs[0, nm) (built from ring r).  A message whose sticky source the kernel refuses
+ * (the address left the host) loses it -- here and in the peer's endpoint -- and goes again
+ * from wherever the routing table says, as does every later one from that source.  A GSO
+ * train the kernel refuses (EIO: no checksum offload on the route; EINVAL) turns GSO off for
+ * this family and goes again as single datagrams. */
+static void send_all(wg_dp *dp, int fd, int *gso, wg_ring *r, struct txbatch *tb, uint32_t nm)
 {
     uint32_t done = 0;
     while (done < nm) {
-        int r = sendmmsg(fd, tb->msgs + done, nm - done, 0);
-        if (r >= 0) {
-            done += (uint32_t)r;
+        int ret = sendmmsg(fd, tb->msgs + done, nm - done, 0);
+        if (ret >= 0) {
+            done += (uint32_t)ret;
             continue;
         }
-        if (errno == EINTR)
+        int err = errno;
+        if (err == EINTR)
             continue;
+        wg_addr *a = &r->addr[tb->first[done]];
+        if (wg_addr_has_src(a) && wg_src_error(err)) {
+            wg_addr bad = *a;
+            forget_src(dp, r->peer[tb->first[done]], &bad);
+            for (uint32_t m = done; m < nm; m++) {
+                wg_addr *am = &r->addr[tb->first[m]];
+                if (wg_addr_equal(am, &bad)) {
+                    wg_addr_clear_src(am);
+                    set_ctl(tb, m, am, tb->gso[m]);
+                }
+            }
+            continue;
+        }
         struct msghdr *h = &tb->msgs[done].msg_hdr;
-        if (tb->nseg[done] > 1 && (errno == EIO || errno == EINVAL || errno == EMSGSIZE) && *gso) {
+        if (tb->nseg[done] > 1 && (err == EIO || err == EINVAL || err == EMSGSIZE) && *gso) {
             __atomic_store_n(gso, 0, __ATOMIC_RELAXED);
+            set_ctl(tb, done, a, 0);
             for (size_t k = 0; k < h->msg_iovlen; k++) {
                 struct msghdr one = *h;
                 one.msg_iov = &h->msg_iov[k];
                 one.msg_iovlen = 1;
-                one.msg_control = NULL;
-                one.msg_controllen = 0;
                 if (sendmsg(fd, &one, 0) < 0)
                     wg_drop(dp, WG_DROP_IO, 1);
             }
@@ -135,21 +187,14 @@ static void send_family(wg_dp *dp, wg_ring *r, uint32_t n, int family, int fd, s
         m->msg_hdr.msg_iovlen = cnt;
         m->msg_hdr.msg_name = &tb->dst[nm];
         m->msg_hdr.msg_namelen = wg_addr_to_sockaddr(&r->addr[i], &tb->dst[nm]);
-        if (cnt > 1) {
-            m->msg_hdr.msg_control = tb->ctl[nm].buf;
-            m->msg_hdr.msg_controllen = sizeof(tb->ctl[nm].buf);
-            struct cmsghdr *c = CMSG_FIRSTHDR(&m->msg_hdr);
-            c->cmsg_level = SOL_UDP;
-            c->cmsg_type = UDP_SEGMENT;
-            c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
-            uint16_t s16 = (uint16_t)seg;
-            memcpy(CMSG_DATA(c), &s16, sizeof(s16));
-        }
+        tb->first[nm] = i;
+        tb->gso[nm] = cnt > 1 ? (uint16_t)seg : 0;
+        set_ctl(tb, nm, &r->addr[i], tb->gso[nm]);
         tb->nseg[nm++] = cnt;
         i = j;
     }
     if (nm)
-        send_all(dp, fd, gso, tb, nm);
+        send_all(dp, fd, gso, r, tb, nm);
 }
 
 /* Steps 3-5 for slots [0, n) of r whose status is WG_OK and peer is set.  With stage set,

@@ -44,12 +44,18 @@
 #define WG_REJECT_AFTER_MESSAGES  18446744073709543423ULL  /* 2^64 - 2^13 - 1 */
 
 /* ---- addresses: an outer UDP endpoint ------------------------------------------------ */
+/* The remote address and port, plus the local address it last reached us on ("sticky
+ * source", as the kernel and wireguard-go keep): replies leave from src so a peer on a host
+ * with several addresses sees them come from where it sent to.  src all zero = none: the
+ * routing table picks.  src_ifindex is the interface it arrived on, used for IPv6 only. */
 typedef struct {
     uint16_t family;        /* 0 = none, 2 = AF_INET, 10 = AF_INET6 */
     uint16_t port;          /* host byte order */
     uint32_t scope_id;      /* IPv6 scope, else 0 */
     uint8_t  addr[16];      /* IPv4 in the first 4 bytes */
-} wg_addr;                  /* 24 bytes, no padding: numpy sees it as a structured dtype */
+    uint32_t src_ifindex;   /* IPv6: the arrival interface, else 0 */
+    uint8_t  src[16];       /* local source, same family as addr; IPv4 in the first 4 bytes */
+} wg_addr;                  /* 44 bytes, no padding: numpy sees it as a structured dtype */
 
 /* ---- the buffer ring (ring.c) -------------------------------------------------------- */
 /* One slab of nslots fixed-size slots.  A slot is

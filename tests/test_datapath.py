@@ -4,7 +4,7 @@ from wgfast.datapath import ADDR_DTYPE, ffi, lib
 
 
 def test_addr_layout_matches_c() -> None:
-    assert ffi.sizeof("wg_addr") == ADDR_DTYPE.itemsize == 24
+    assert ffi.sizeof("wg_addr") == ADDR_DTYPE.itemsize == 44
 
 
 def test_dp_lifecycle() -> None:

@@ -22,9 +22,10 @@ __all__ = [
     "cross_check",
 ]
 
-# wg_addr as numpy sees it (24 bytes, no padding).
+# wg_addr as numpy sees it (44 bytes, no padding).
 ADDR_DTYPE = np.dtype(
-    [("family", "<u2"), ("port", "<u2"), ("scope_id", "<u4"), ("addr", "u1", (16,))]
+    [("family", "<u2"), ("port", "<u2"), ("scope_id", "<u4"), ("addr", "u1", (16,)),
+     ("src_ifindex", "<u4"), ("src", "u1", (16,))]
 )
 
 BACKENDS: dict[str, int] = {
@@ -200,8 +201,25 @@ def choose_backend(name: str | None = None) -> str:
 Endpoint = tuple[str, int]          # (address, port); IPv6 scope as "fe80::1%eth0"
 
 
+class Sticky(tuple):
+    """A peer's (address, port), as a plain Endpoint compares and unpacks, plus the local
+    source it last reached us on: src = (local address, ifindex), or None (routing picks).
+    Handshake events carry one, so replies and the endpoint they set stay sticky; a plain
+    tuple (UAPI) clears the source."""
+
+    src: tuple[str, int] | None
+
+    def __new__(cls, host: str, port: int, src: tuple[str, int] | None = None) -> Sticky:
+        t = super().__new__(cls, (host, port))
+        t.src = src
+        return t
+
+    def __repr__(self) -> str:
+        return f"Sticky({self[0]!r}, {self[1]!r}, src={self.src!r})"
+
+
 def addr_to_c(endpoint: Endpoint | None, out: object) -> None:
-    """Fill a wg_addr from (host, port); None clears it."""
+    """Fill a wg_addr from (host, port) -- with its source when it is a Sticky; None clears."""
     import ipaddress
     import socket
 
@@ -219,19 +237,30 @@ def addr_to_c(endpoint: Endpoint | None, out: object) -> None:
     out.scope_id = scope
     packed = ip.packed
     ffi.memmove(out.addr, packed, len(packed))
+    src = getattr(endpoint, "src", None)
+    if src is not None:
+        sip = ipaddress.ip_address(src[0])
+        if sip.version != ip.version:
+            raise ValueError(f"source {src[0]} is not of the family of {host}")
+        ffi.memmove(out.src, sip.packed, len(sip.packed))
+        out.src_ifindex = src[1] if ip.version == 6 else 0
 
 
-def addr_from_c(a: object) -> Endpoint | None:
+def addr_from_c(a: object) -> Sticky | None:
     import ipaddress
     import socket
 
     if a.family == socket.AF_INET:
-        return (str(ipaddress.IPv4Address(bytes(a.addr[0:4]))), int(a.port))
+        raw = bytes(a.src[0:4])
+        src = (str(ipaddress.IPv4Address(raw)), 0) if any(raw) else None
+        return Sticky(str(ipaddress.IPv4Address(bytes(a.addr[0:4]))), int(a.port), src)
     if a.family == socket.AF_INET6:
         host = str(ipaddress.IPv6Address(bytes(a.addr[0:16])))
         if a.scope_id:
             host = f"{host}%{a.scope_id}"
-        return (host, int(a.port))
+        raw = bytes(a.src[0:16])
+        src = (str(ipaddress.IPv6Address(raw)), int(a.src_ifindex)) if any(raw) else None
+        return Sticky(host, int(a.port), src)
     return None
 
 
@@ -287,7 +316,7 @@ class DataPlane:
         addr_to_c(endpoint, self._addr)
         lib.wg_peer_set_endpoint(self._dp, peer, self._addr)
 
-    def get_endpoint(self, peer: int) -> Endpoint | None:
+    def get_endpoint(self, peer: int) -> Sticky | None:
         lib.wg_peer_get_endpoint(self._dp, peer, self._addr)
         return addr_from_c(self._addr)
 
@@ -333,7 +362,7 @@ class DataPlane:
     def eventfd(self) -> int:
         return int(lib.wg_dp_eventfd(self._dp))
 
-    def pop_events(self) -> list[tuple[int, int, int, Endpoint | None, bytes]]:
+    def pop_events(self) -> list[tuple[int, int, int, Sticky | None, bytes]]:
         out = []
         while True:
             n = lib.wg_events_pop(self._dp, self._evs, self._ev_data, self._ev_stride,

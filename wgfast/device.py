@@ -20,6 +20,7 @@ import ipaddress
 import logging
 import os
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -57,6 +58,10 @@ HOUSEKEEPING = 1.0               # MTU, interface and UAPI socket checks
 TUN_TXQUEUELEN = 4096
 SOL_UDP = 17
 UDP_GRO = 104
+IP_PKTINFO = 8                      # linux/in.h; Python's socket module lacks it
+# A send from a sticky source failing with these: the address left the host (or its route).
+SOURCE_ERRNOS = frozenset({errno.EINVAL, errno.EADDRNOTAVAIL, errno.ENETUNREACH,
+                           errno.EHOSTUNREACH, errno.ENODEV, errno.ENXIO})
 TUN_OFFLOADS = (lib.WG_TUN_F_CSUM | lib.WG_TUN_F_TSO4 | lib.WG_TUN_F_TSO6 | lib.WG_TUN_F_TSO_ECN)
 TUN_USO = lib.WG_TUN_F_USO4 | lib.WG_TUN_F_USO6
 
@@ -320,6 +325,11 @@ class Device:
                 if s4 is None and s6 is None:
                     raise OSError(errno.EAFNOSUPPORT, "neither IPv4 nor IPv6 is available")
                 real = (s4 or s6).getsockname()[1]  # type: ignore[union-attr]
+                # The local address each datagram reached: replies leave from it (sticky).
+                if s4 is not None:
+                    s4.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+                if s6 is not None:
+                    s6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
                 if self.offloads:
                     for s in (s4, s6):
                         if s is not None:
@@ -351,17 +361,37 @@ class Device:
                 s.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_MARK", 36), mark)
 
     def _sendto(self, data: bytes, ep: tuple[str, int]) -> bool:
+        """Send a handshake message to ep; from its sticky source (ep.src, when it is a
+        datapath.Sticky that has one) like the data plane, else from where routing says."""
         host, port = ep
         s = self.sock6 if ":" in host else self.sock4
         if s is None:
             return False
+        v6 = s is self.sock6
+        dest: tuple[str, int] | tuple[str, int, int, int] = (host, port)
+        src = getattr(ep, "src", None)
         try:
-            if s is self.sock6 and "%" in host:
+            if v6 and "%" in host:
                 addr, _, zone = host.partition("%")
                 scope = int(zone) if zone.isdigit() else socket.if_nametoindex(zone)
-                s.sendto(data, (addr, port, 0, scope))
-            else:
-                s.sendto(data, (host, port))
+                dest = (addr, port, 0, scope)
+            if src is not None:
+                if v6:
+                    info = struct.pack("=16sI", socket.inet_pton(socket.AF_INET6, src[0]),
+                                       src[1])
+                    cmsg = (socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, info)
+                else:
+                    info = struct.pack("=i4s4s", 0, socket.inet_aton(src[0]), bytes(4))
+                    cmsg = (socket.IPPROTO_IP, IP_PKTINFO, info)
+                try:
+                    s.sendmsg([data], [cmsg], 0, dest)
+                    return True
+                except OSError as e:
+                    if e.errno not in SOURCE_ERRNOS:
+                        raise
+                    # Not too sticky: that address is gone, so routing picks one.
+                    log.debug("source %s for %s:%d refused (%s)", src[0], host, port, e)
+            s.sendto(data, dest)
             return True
         except OSError as e:
             log.debug("send to %s:%d failed: %s", host, port, e)
