@@ -240,8 +240,48 @@ uint16_t wg_inet_csum(const uint8_t *p, uint32_t len)
 
 /* ---- segmentation -------------------------------------------------------------------- */
 
-int wg_vnet_segment(const uint8_t *pkt, uint32_t len, uint8_t **out, uint32_t out_cap,
-                    uint32_t *out_len, uint32_t max_out)
+#define IPV6_HOPOPTS_ 0
+#define IPV6_ROUTING_ 43
+#define IPV6_DSTOPTS_ 60
+#define SEG_HDR_MAX   512           /* IP header with extension headers + L4 header */
+
+/* Walk the IPv6 extension headers TSO may carry (hop-by-hop first, routing, destination
+ * options; a fragment header or anything else cannot be segmented) up to proto.  Returns the
+ * L4 offset, or 0 / -WG_OFF_ERR_*.  *dst_off = where the final destination is (RFC 8200 8.1:
+ * the pseudo-header takes it from a routing header with segments left). */
+static int ipv6_l4off(const uint8_t *ip, uint32_t plen, uint8_t proto, uint32_t *dst_off)
+{
+    uint32_t off = 40;
+    uint8_t nh = ip[6];
+    *dst_off = 24;
+    while (nh != proto) {
+        if ((nh != IPV6_HOPOPTS_ || off != 40) && nh != IPV6_ROUTING_ && nh != IPV6_DSTOPTS_)
+            return -WG_OFF_ERR_PACKET;
+        if (off + 8 > plen)
+            return -WG_OFF_ERR_SHORT;
+        uint32_t el = ((uint32_t)ip[off + 1] + 1) * 8;
+        if (off + el > plen)
+            return -WG_OFF_ERR_SHORT;
+        if (nh == IPV6_ROUTING_ && ip[off + 3] != 0) {
+            uint8_t type = ip[off + 2];
+            uint32_t naddr = ip[off + 1] / 2;
+            if (type == 0 && naddr > 0)
+                *dst_off = off + 8 + 16 * (naddr - 1);  /* RFC 2460 type 0: the last address */
+            else if ((type == 2 || type == 4) && naddr > 0)
+                *dst_off = off + 8;     /* type 2: home address; SRH: segment list[0] */
+            else
+                return -WG_OFF_ERR_PACKET;
+        }
+        nh = ip[off];
+        off += el;
+        if (off > SEG_HDR_MAX - 60)
+            return -WG_OFF_ERR_PACKET;
+    }
+    return (int)off;
+}
+
+static int segment(const uint8_t *pkt, uint32_t len, uint32_t first, uint8_t **out,
+                   uint32_t out_cap, uint32_t *out_len, uint32_t max_out, uint32_t *total_out)
 {
     if (len < WG_VNET_HDR_LEN)
         return -WG_OFF_ERR_SHORT;
@@ -252,10 +292,10 @@ int wg_vnet_segment(const uint8_t *pkt, uint32_t len, uint8_t **out, uint32_t ou
     uint32_t plen = len - WG_VNET_HDR_LEN;
     uint8_t gso = gso_type & (uint8_t)~WG_VNET_GSO_ECN;
 
-    if (max_out == 0)
-        return -WG_OFF_ERR_TOO_MANY;
-
     if (gso == WG_VNET_GSO_NONE) {
+        *total_out = 1;
+        if (first > 0 || max_out == 0)
+            return 0;
         if (plen > out_cap)
             return -WG_OFF_ERR_TOO_BIG;
         if (flags & WG_VNET_F_NEEDS_CSUM) {
@@ -294,13 +334,16 @@ int wg_vnet_segment(const uint8_t *pkt, uint32_t len, uint8_t **out, uint32_t ou
     if (gso_size == 0 || hdr_len > plen)
         return -WG_OFF_ERR_HEADER;
 
-    uint32_t l4off;
+    uint32_t l4off, dst_off = 0;
     if (v6) {
         if (plen < 40)
             return -WG_OFF_ERR_SHORT;
-        if ((ip[0] >> 4) != 6 || ip[6] != proto)
-            return -WG_OFF_ERR_PACKET;   /* extension headers: not produced for TSO here */
-        l4off = 40;
+        if ((ip[0] >> 4) != 6)
+            return -WG_OFF_ERR_PACKET;
+        int o = ipv6_l4off(ip, plen, proto, &dst_off);
+        if (o <= 0)
+            return o;
+        l4off = (uint32_t)o;
     } else {
         if (plen < 20)
             return -WG_OFF_ERR_SHORT;
@@ -334,13 +377,15 @@ int wg_vnet_segment(const uint8_t *pkt, uint32_t len, uint8_t **out, uint32_t ou
     if (payload == 0)
         return -WG_OFF_ERR_HEADER;
     uint32_t nseg = (payload + gso_size - 1) / gso_size;
-    if (nseg > max_out)
-        return -WG_OFF_ERR_TOO_MANY;
+    *total_out = nseg;
+    if (first >= nseg)
+        return 0;
     if (hl + (payload < gso_size ? payload : gso_size) > out_cap)
         return -WG_OFF_ERR_TOO_BIG;
+    uint32_t end = nseg - first > max_out ? first + max_out : nseg;
 
     /* Keep the original headers: out[0] may be ip itself (segment 0 built in place). */
-    uint8_t hdr[60 + 60 + 40];
+    uint8_t hdr[SEG_HDR_MAX];
     if (hl > sizeof(hdr))
         return -WG_OFF_ERR_PACKET;
     memcpy(hdr, ip, hl);
@@ -351,14 +396,16 @@ int wg_vnet_segment(const uint8_t *pkt, uint32_t len, uint8_t **out, uint32_t ou
     uint16_t id0 = v6 ? 0 : be16(hdr + 4);
     uint8_t tflags = proto == IPPROTO_TCP_ ? hdr[l4off + 13] : 0;
     /* The pseudo-header sum without its length; each segment adds its own. */
-    uint64_t ps = pseudo_sum(hdr, v6, proto, 0);
+    uint64_t ps = v6 ? add64(csum_partial(hdr + 8, 16), csum_partial(hdr + dst_off, 16))
+                     : csum_partial(hdr + 12, 8);
+    ps = add64(ps, htons(proto));
 
     const uint8_t *data = ip + hl;
-    for (uint32_t k = 0; k < nseg; k++) {
+    for (uint32_t k = first; k < end; k++) {
         uint32_t off = k * gso_size;
         uint32_t seg = payload - off < gso_size ? payload - off : gso_size;
         uint32_t total = hl + seg;
-        uint8_t *o = out[k];
+        uint8_t *o = out[k - first];
         memcpy(o, hdr, hl);
         if (v6) {
             put_be16(o + 4, (uint16_t)(total - 40));
@@ -390,9 +437,34 @@ int wg_vnet_segment(const uint8_t *pkt, uint32_t len, uint8_t **out, uint32_t ou
         if (c == 0 && proto == IPPROTO_UDP_)
             c = 0xffff;
         memcpy(l4 + csum_offset, &c, 2);
-        out_len[k] = total;
+        out_len[k - first] = total;
     }
-    return (int)nseg;
+    return (int)(end - first);
+}
+
+int wg_vnet_segment(const uint8_t *pkt, uint32_t len, uint8_t **out, uint32_t out_cap,
+                    uint32_t *out_len, uint32_t max_out)
+{
+    /* All or nothing: count (and check) the segments before writing any. */
+    uint32_t total = 0;
+    if (max_out == 0)
+        return -WG_OFF_ERR_TOO_MANY;
+    int c = segment(pkt, len, 0, out, out_cap, out_len, 0, &total);
+    if (c < 0)
+        return c;
+    if (total > max_out)
+        return -WG_OFF_ERR_TOO_MANY;
+    return segment(pkt, len, 0, out, out_cap, out_len, max_out, &total);
+}
+
+int wg_vnet_segment_from(const uint8_t *pkt, uint32_t len, uint32_t first, uint8_t **out,
+                         uint32_t out_cap, uint32_t *out_len, uint32_t max_out,
+                         uint32_t *nseg)
+{
+    uint32_t total = 0;
+    int c = segment(pkt, len, first, out, out_cap, out_len, max_out, &total);
+    *nseg = total;
+    return c;
 }
 
 /* ---- coalescing ---------------------------------------------------------------------- */

@@ -3,9 +3,11 @@
  *
  *   1. wait until the TUN is readable, then read packets into ring slots at HEADROOM until the
  *      batch is full or the TUN is empty.  With TUN offloads each read lands in one 64 KB
- *      buffer, as it may be a TSO/USO super-packet: wg_vnet_segment cuts it into MTU-sized
- *      packets, one per slot, finishing checksums as it copies (one plain read() there cost
- *      less per small packet than a readv() split between a slot and the buffer);
+ *      buffer, as it may be a TSO/USO super-packet: wg_vnet_segment_from cuts it into
+ *      MTU-sized packets, one per slot, finishing checksums as it copies (one plain read()
+ *      there cost less per small packet than a readv() split between a slot and the buffer);
+ *      a super-packet with more segments than free slots (a small MSS) fills the batch and
+ *      its remaining segments start the next one;
  *   2. under the configuration lock, map each packet's destination address to a peer through
  *      the allowed-IPs trie (no owner: counted drop WG_DROP_NO_ROUTE);
  *   3. wg_seal_batch pads, numbers and seals every packet in place under its peer's current
@@ -261,12 +263,15 @@ static void seal_and_send(wg_dp *dp, wg_ring *r, uint32_t n, double now, struct 
     }
 }
 
-/* Read one TUN packet with its vnet header into big and cut it into slots n, n+1, ...
- * (outs[i] = where slot i's packet starts).
- * Returns the number of packets, 0 for a counted drop, -1 when the TUN has nothing more (or
- * failed: *err set). */
-static int read_vnet(wg_dp *dp, wg_ring *r, uint32_t n, uint8_t *big, uint8_t **outs,
-                     int *err)
+/* A TUN read held in big while it is cut into slots, possibly across several batches. */
+struct pending {
+    uint32_t len;                   /* bytes in big; 0 = nothing pending */
+    uint32_t next;                  /* the next segment to cut */
+};
+
+/* Read one TUN packet with its vnet header into big.  1 = read, 0 = the TUN has nothing more
+ * (or failed: *err set). */
+static int read_vnet(wg_dp *dp, uint8_t *big, struct pending *pd, int *err)
 {
     ssize_t got;
     do {
@@ -274,18 +279,34 @@ static int read_vnet(wg_dp *dp, wg_ring *r, uint32_t n, uint8_t *big, uint8_t **
     } while (got < 0 && errno == EINTR);
     if (got <= 0) {
         *err = got < 0 && errno != EAGAIN;
-        return -1;
+        return 0;
     }
-    int c = wg_vnet_segment(big, (uint32_t)got, outs + n, r->data_cap, &r->len[n],
-                            SEND_SLOTS - n);
-    if (c <= 0) {
-        wg_drop(dp, c == -WG_OFF_ERR_TOO_BIG || c == -WG_OFF_ERR_TOO_MANY ? WG_DROP_TOO_BIG
-                                                                          : WG_DROP_BAD_INNER, 1);
+    pd->len = (uint32_t)got;
+    pd->next = 0;
+    return 1;
+}
+
+/* Cut the pending packet into slots n, n+1, ... up to SEND_SLOTS (outs[i] = where slot i's
+ * packet starts): as many segments as fit, the rest stays pending for the next batch, so a
+ * super-packet of any MSS goes out whole.  Returns the number of packets (0 for a counted
+ * drop). */
+static uint32_t cut_vnet(wg_dp *dp, wg_ring *r, uint32_t n, const uint8_t *big,
+                         struct pending *pd, uint8_t **outs)
+{
+    uint32_t total = 0;
+    int c = wg_vnet_segment_from(big, pd->len, pd->next, outs + n, r->data_cap, &r->len[n],
+                                 SEND_SLOTS - n, &total);
+    if (c < 0) {
+        wg_drop(dp, c == -WG_OFF_ERR_TOO_BIG ? WG_DROP_TOO_BIG : WG_DROP_BAD_INNER, 1);
+        pd->len = 0;
         return 0;
     }
     for (int k = 0; k < c; k++)
         r->status[n + (uint32_t)k] = WG_OK;
-    return c;
+    pd->next += (uint32_t)c;
+    if (pd->next >= total)
+        pd->len = 0;
+    return (uint32_t)c;
 }
 
 struct seal_stage {
@@ -320,8 +341,9 @@ int wg_run_send(wg_dp *dp)
     for (uint32_t i = 0; i < SEND_SLOTS; i++)
         outs[i] = wg_slot(r, i) + WG_HEADROOM;
     int fails = 0, more = 0;
+    struct pending pend = {0, 0};
     for (;;) {
-        /* Sleep in poll only when the last batch emptied the TUN. */
+        /* Sleep in poll only when the last batch emptied the TUN (nothing left pending). */
         if (!more && !wg_wait_readable(dp, dp->tun_fd))
             break;
         if (__atomic_load_n(&dp->stop, __ATOMIC_ACQUIRE))
@@ -329,14 +351,15 @@ int wg_run_send(wg_dp *dp)
         uint32_t n = 0;
         int err = 0;
         more = 1;
-        while (n + (vnet ? SEND_REFILL : 1) <= SEND_SLOTS) {
+        while (n < SEND_SLOTS) {
             if (vnet) {
-                int c = read_vnet(dp, r, n, big, outs, &err);
-                if (c < 0) {
-                    more = 0;
+                /* Read again only while a whole 64 KB super-packet of a usual MSS fits. */
+                if (!pend.len && (n + SEND_REFILL > SEND_SLOTS ||
+                                  !read_vnet(dp, big, &pend, &err))) {
+                    more = n + SEND_REFILL > SEND_SLOTS;
                     break;
                 }
-                n += (uint32_t)c;
+                n += cut_vnet(dp, r, n, big, &pend, outs);
                 continue;
             }
             uint8_t *p = wg_slot(r, n) + WG_HEADROOM;

@@ -274,6 +274,15 @@ double wg_now(void);                /* CLOCK_MONOTONIC seconds */
  * out[k] may overlap pkt.  Returns the number of packets, or -WG_OFF_ERR_* (nothing usable). */
 int wg_vnet_segment(const uint8_t *pkt, uint32_t len, uint8_t **out, uint32_t out_cap,
                     uint32_t *out_len, uint32_t max_out);
+/* The same, resumable, for a caller with fewer free slots than segments: writes segments
+ * first, first+1, ... (at most max_out of them) to out[0], out[1], ... and sets *nseg to the
+ * super-packet's number of segments; call again with first += the return value until it
+ * reaches *nseg.  With first > 0 no out[k] may overlap pkt.  Returns the number written (0
+ * when first >= *nseg), or -WG_OFF_ERR_* (never TOO_MANY).  IPv6 super-packets may carry
+ * hop-by-hop, routing and destination options headers (not fragments); each segment keeps
+ * them, and a routing header with segments left gives the pseudo-header's destination. */
+int wg_vnet_segment_from(const uint8_t *pkt, uint32_t len, uint32_t first, uint8_t **out,
+                         uint32_t out_cap, uint32_t *out_len, uint32_t max_out, uint32_t *nseg);
 
 /* Receive side.  pkts[i] (lens[i] bytes, WireGuard padding allowed: packets are trimmed to
  * their IP length) are decrypted IP packets in arrival order, each with WG_VNET_HDR_LEN
