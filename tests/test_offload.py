@@ -760,3 +760,133 @@ def _udp_train(ns: str, dev: str, v6: bool) -> None:
         if sock is not None:
             sock.close()
         os.close(fd)
+
+
+# ---- resumable segmentation: more segments than free slots, and IPv6 extension headers ----
+
+def segment_from(buf: bytes, chunks: list[int], cap: int = 2048) -> tuple[list[bytes], int]:
+    """Cut buf in calls of chunks[0], chunks[1], ... slots (the last size repeats)."""
+    src = ffi.new("uint8_t[]", buf)
+    nseg = ffi.new("uint32_t *")
+    got: list[bytes] = []
+    k = 0
+    while True:
+        m = chunks[min(k, len(chunks) - 1)]
+        k += 1
+        outs = [ffi.new("uint8_t[]", cap) for _ in range(m)]
+        lens = ffi.new("uint32_t[]", m)
+        n = lib.wg_vnet_segment_from(src, len(buf), len(got), ffi.new("uint8_t *[]", outs),
+                                     cap, lens, m, nseg)
+        assert n >= 0, n
+        got += [ffi.buffer(outs[i], lens[i])[:] for i in range(n)]
+        if len(got) >= nseg[0] or n == 0:
+            return got, int(nseg[0])
+
+
+@settings(max_examples=40)
+@given(st.integers(1, 60000), st.integers(88, 1400), st.booleans(), st.sampled_from([6, 17]),
+       st.lists(st.integers(1, 300), min_size=1, max_size=5))
+def test_segment_from_resumes_in_any_chunks(size: int, mss: int, v6: bool, proto: int,
+                                            chunks: list[int]) -> None:
+    payload = random.Random(size).randbytes(size)
+    sp = super_packet(payload, mss, v6=v6, proto=proto)
+    got, nseg = segment_from(sp, chunks)
+    assert nseg == (size + mss - 1) // mss and len(got) == nseg
+    whole = segment(sp, cap=2048, max_out=nseg)
+    assert got == whole                         # the same packets, however it was cut
+    parsed = [parse_and_verify(p) for p in got]
+    assert b"".join(p.payload for p in parsed) == payload
+    if proto == 6:
+        assert [p.seq for p in parsed] == [1000 + k * mss for k in range(nseg)]
+    if not v6:
+        assert [p.ident for p in parsed] == [(100 + k) & 0xFFFF for k in range(nseg)]
+
+
+def test_small_mss_64k_needs_many_batches() -> None:
+    """MSS 88 over 64 KB: 740 segments, more than any batch; all of them come out."""
+    payload = random.Random(88).randbytes(65535 - 40 - 12)
+    sp = super_packet(payload, 88, options=bytes([1, 1, 8, 10]) + bytes(8))
+    assert segment(sp, cap=2048, max_out=lib.WG_MAX_BATCH) == -lib.WG_OFF_ERR_TOO_MANY
+    got, nseg = segment_from(sp, [lib.WG_MAX_BATCH, 37])
+    assert nseg == len(got) == (len(payload) + 87) // 88 > 2 * lib.WG_MAX_BATCH
+    assert b"".join(parse_and_verify(p).payload for p in got) == payload
+    # Past the end there is nothing more, and that is no error.
+    src, nseg_p = ffi.new("uint8_t[]", sp), ffi.new("uint32_t *")
+    out = ffi.new("uint8_t *[]", [ffi.new("uint8_t[]", 2048)])
+    assert lib.wg_vnet_segment_from(src, len(sp), nseg, out, 2048, ffi.new("uint32_t[]", 1),
+                                    1, nseg_p) == 0
+
+
+HOA = bytes.fromhex("fd0000000000000000000000000000aa")       # a routing header's final hop
+HOPOPTS, ROUTING, FRAGMENT, DSTOPTS = 0, 43, 44, 60
+
+
+def ext_chain(kinds: list[tuple[int, int]], proto: int) -> tuple[bytes, int, bytes]:
+    """IPv6 extension headers (kind, segments left) ending in proto: (bytes, first next
+    header, the destination the pseudo-header uses)."""
+    out, final = b"", DST6
+    nhs = [k for k, _ in kinds[1:]] + [proto]
+    for (kind, left), nh in zip(kinds, nhs[:len(kinds)], strict=True):
+        if kind in (HOPOPTS, DSTOPTS):
+            out += bytes([nh, 1, 1, 12]) + bytes(12)            # PadN: 16 bytes in all
+        elif kind == ROUTING:
+            out += bytes([nh, 2, 2, left]) + bytes(4) + HOA     # type 2 (RFC 6275)
+            if left:
+                final = HOA
+        else:
+            out += bytes([nh, 0, 0, 0]) + bytes(4)              # fragment header
+    return out, (kinds[0][0] if kinds else proto), final
+
+
+def ext_super_packet(payload: bytes, mss: int, kinds: list[tuple[int, int]],
+                     proto: int = 6) -> tuple[bytes, int, bytes]:
+    exts, first, final = ext_chain(kinds, proto)
+    if proto == 6:
+        l4 = tcp_hdr(40000, 5201, 1000, 777, ACK | PSH) + payload
+        gso = lib.WG_VNET_GSO_TCPV6
+    else:
+        l4 = udp_hdr(4000, 5000, 8 + len(payload)) + payload
+        gso = lib.WG_VNET_GSO_UDP_L4
+    off = 16 if proto == 6 else 6
+    ps = inet_sum(pseudo(SRC6, final, proto, len(l4)))
+    l4 = l4[:off] + struct.pack("!H", ps) + l4[off + 2:]
+    ip = struct.pack("!IHBB", 6 << 28, len(exts) + len(l4), first, 64) + SRC6 + DST6
+    l4off = 40 + len(exts)
+    hdr = vnet_hdr(1, gso, l4off + len(l4) - len(payload), mss, l4off, off)
+    return hdr + ip + exts + l4, l4off, final
+
+
+@settings(max_examples=40)
+@given(st.lists(st.sampled_from([(DSTOPTS, 0), (ROUTING, 0), (ROUTING, 1)]), max_size=3),
+       st.booleans(), st.integers(1, 20000), st.integers(88, 1300), st.sampled_from([6, 17]))
+def test_segment_ipv6_extension_headers(kinds: list[tuple[int, int]], hop: bool, size: int,
+                                        mss: int, proto: int) -> None:
+    kinds = ([(HOPOPTS, 0)] if hop else []) + kinds
+    payload = random.Random(size).randbytes(size)
+    sp, l4off, final = ext_super_packet(payload, mss, kinds, proto)
+    got, nseg = segment_from(sp, [lib.WG_MAX_BATCH])
+    assert len(got) == nseg == (size + mss - 1) // mss
+    data = b""
+    for k, p in enumerate(got):
+        assert p[:4] == sp[10:14] and p[6:40] == sp[16:50]       # the same IPv6 header
+        assert struct.unpack("!H", p[4:6])[0] == len(p) - 40
+        assert p[40:l4off] == sp[10 + 40:10 + l4off]            # every extension header kept
+        l4 = p[l4off:]
+        assert inet_sum(pseudo(SRC6, final, proto, len(l4)) + l4) == 0xFFFF, "L4 checksum"
+        hl = ((l4[12] >> 4) * 4) if proto == 6 else 8
+        if proto == 6:
+            assert struct.unpack("!I", l4[4:8])[0] == 1000 + k * mss
+            assert bool(l4[13] & PSH) == (k == nseg - 1)
+        else:
+            assert struct.unpack("!H", l4[4:6])[0] == len(l4)
+        data += l4[hl:]
+    assert data == payload
+
+
+def test_segment_ipv6_fragment_or_unknown_header_refused() -> None:
+    for kinds in ([(FRAGMENT, 0)], [(DSTOPTS, 0), (HOPOPTS, 0)]):   # hop-by-hop only first
+        sp, _, _ = ext_super_packet(bytes(3000), 1000, kinds)
+        assert segment(sp) == -lib.WG_OFF_ERR_PACKET
+    sp, _, _ = ext_super_packet(bytes(3000), 1000, [(DSTOPTS, 0)])
+    # Cut inside the extension header: shorter than its headers (or than hdr_len) claim.
+    assert segment(sp[:10 + 44]) in (-lib.WG_OFF_ERR_SHORT, -lib.WG_OFF_ERR_HEADER)
