@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import time
 
+import pytest
 from test_dataplane import (  # noqa: F401  (plane_fixture provides `plane`)
     LOCAL,
     LOCAL_INDEX,
@@ -19,6 +20,7 @@ from test_dataplane import (  # noqa: F401  (plane_fixture provides `plane`)
     udp4,
     until,
 )
+from test_send import ADDRS, Multi, multi_fixture  # noqa: F401  (multi is a fixture)
 
 from wgfast.datapath import lib
 
@@ -177,3 +179,23 @@ def test_old_keypairs_expire_and_ask_for_rekey(plane: Plane) -> None:
     expect_app(plane, b"late")
     evs = plane.wait_events(lib.WG_EV_NEED_HANDSHAKE)
     assert [e[1] for e in evs] == [0] and plane.dp.want_handshake[0] == 1
+
+
+@pytest.mark.parametrize("fam", [4, 6])
+def test_local_address_reached_becomes_the_sticky_source(multi: Multi, fam: int) -> None:
+    """IP_PKTINFO / IPV6_PKTINFO: the endpoint records where the peer reached us; reaching us
+    on another local address alone moves it (roaming), and replies follow."""
+    a, b, _ = ADDRS[fam]
+    idx = multi.lo_index if fam == 6 else 0
+    remote = multi.remote[fam]
+    for counter, local in enumerate((b, a)):
+        remote.sendto(seal(multi.recv_key, LOCAL_INDEX, counter, b""), (local, multi.port(fam)))
+        assert until(lambda local=local: getattr(multi.dp.get_endpoint(0), "src", None)
+                     == (local, idx))
+        assert multi.dp.get_endpoint(0) == multi.remote_ep(fam)
+        multi.dp.send_packet(0, b"", time.monotonic())
+        assert multi.recv(fam)[1] == local
+    # Handshake events carry it too, so the control plane answers from there.
+    remote.sendto(bytes([1, 0, 0, 0]) + bytes(144), (b, multi.port(fam)))
+    assert until(lambda: any(e[0] == lib.WG_EV_HANDSHAKE and e[3].src == (b, idx)
+                             for e in multi.dp.pop_events()))

@@ -3,10 +3,18 @@ the peer's endpoint (opened here by PyNaCl), or are counted/staged when they can
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import os
+import socket
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 
+import pytest
+from conftest import sh
 from test_dataplane import (  # noqa: F401  (plane is a fixture)
+    LOCAL,
     LOCAL_INDEX,
     OTHER_IP,
     PEER_IP,
@@ -19,7 +27,9 @@ from test_dataplane import (  # noqa: F401  (plane is a fixture)
     until,
 )
 
-from wgfast.datapath import lib
+from wgfast.datapath import DataPlane, Sticky, lib
+from wgfast.netns import inside
+from wgfast.tun import Tun
 
 pytestmark = needs_root
 
@@ -109,3 +119,141 @@ def test_aging_keypair_still_sends_and_asks_for_rekey(plane: Plane) -> None:
     assert receiver == 0x9002 and pt[28:35] == b"old key"
     evs = plane.wait_events(lib.WG_EV_NEED_HANDSHAKE)
     assert [e[1] for e in evs] == [0]
+
+
+# ---- sticky source: replies leave from the local address the peer reached us on --------------
+
+IP_PKTINFO = 8
+# Local addresses on lo of a namespace of our own: two the peer may reach us on (A, B) and
+# the peer's own (R), each a /32 or /128 so routing's own choice towards R is R itself.
+ADDRS = {4: ("10.77.0.5", "10.77.0.6", "10.77.0.9"),
+         6: ("fd00:77::5", "fd00:77::6", "fd00:77::9")}
+
+
+@dataclass
+class Multi:
+    ns: str
+    dp: DataPlane
+    socks: dict[int, socket.socket]     # the data plane's, bound to the wildcard address
+    remote: dict[int, socket.socket]    # the peer's, on R
+    app: socket.socket
+    send_key: bytes
+    recv_key: bytes
+    lo_index: int
+
+    def port(self, fam: int) -> int:
+        return int(self.socks[fam].getsockname()[1])
+
+    def remote_ep(self, fam: int) -> tuple[str, int]:
+        return self.remote[fam].getsockname()[:2]
+
+    def recv(self, fam: int) -> tuple[bytes, str]:
+        """The next transport message at the peer and the address it came from."""
+        while True:
+            data, src = self.remote[fam].recvfrom(65536)
+            if data[:1] == b"\x04":
+                assert src[1] == self.port(fam)
+                return data, src[0]
+
+
+@pytest.fixture(name="multi")
+def multi_fixture() -> Iterator[Multi]:
+    ns = f"h6st{os.getpid()}"
+    sh("ip", "netns", "add", ns)
+    socks: list[socket.socket] = []
+    tun = None
+    dp = None
+    try:
+        sh("ip", "-n", ns, "link", "set", "lo", "up")
+        for fam, addrs in ADDRS.items():
+            for a in addrs:
+                sh("ip", "-n", ns, f"-{fam}", "addr", "add",
+                   f"{a}/{32 if fam == 4 else 128}", "dev", "lo",
+                   *(["nodad"] if fam == 6 else []))
+        with inside(ns):
+            tun = Tun("h6sttun0", mtu=1420, nonblocking=True, up=True)
+            s4, s6 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM), \
+                socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+            r4, r6 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM), \
+                socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+            app = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            lo_index = socket.if_nametoindex("lo")
+        socks = [s4, s6, r4, r6, app]
+        sh("ip", "-n", ns, "addr", "add", f"{LOCAL}/24", "dev", "h6sttun0")
+        s6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        s4.bind(("0.0.0.0", 0))
+        s6.bind(("::", 0))
+        s4.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+        s6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+        r4.bind((ADDRS[4][2], 0))
+        r6.bind((ADDRS[6][2], 0))
+        app.bind((LOCAL, 0))
+        for s in (r4, r6):
+            s.settimeout(5)
+        dp = DataPlane(max_peers=4, mtu=1420)
+        send_key, recv_key = os.urandom(32), os.urandom(32)
+        dp.peer_add(0)
+        dp.aip_insert(0, ipaddress.ip_network(f"{PEER_IP}/32"))
+        dp.keypair_install(0, LOCAL_INDEX, REMOTE_INDEX, send_key, recv_key, time.monotonic(),
+                           initiator=True, current=True)
+        dp.set_offloads(False, True, False)         # UDP GSO trains carry the source too
+        dp.start(tun.fileno(), s4.fileno(), s6.fileno())
+        yield Multi(ns, dp, {4: s4, 6: s6}, {4: r4, 6: r6}, app, send_key, recv_key, lo_index)
+    finally:
+        if dp is not None:
+            dp.stop()
+        for s in socks:
+            s.close()
+        if tun is not None:
+            tun.close()
+        sh("ip", "netns", "del", ns, check=False)
+
+
+def _ifindex(m: Multi, fam: int) -> int:
+    return m.lo_index if fam == 6 else 0
+
+
+@pytest.mark.parametrize("fam", [4, 6])
+def test_replies_leave_from_the_sticky_source(multi: Multi, fam: int) -> None:
+    a, b, r = ADDRS[fam]
+    for src in (a, b, a):
+        multi.dp.set_endpoint(0, Sticky(*multi.remote_ep(fam), src=(src, _ifindex(multi, fam))))
+        assert multi.dp.get_endpoint(0).src == (src, _ifindex(multi, fam))
+        assert multi.dp.send_packet(0, b"", time.monotonic()) == lib.WG_OK
+        assert multi.recv(fam)[1] == src
+    # A plain endpoint (what UAPI sets) has no source: routing picks R itself here.
+    multi.dp.set_endpoint(0, multi.remote_ep(fam))
+    assert multi.dp.get_endpoint(0).src is None
+    multi.dp.send_packet(0, b"", time.monotonic())
+    assert multi.recv(fam)[1] == r
+
+
+def test_gso_trains_leave_from_the_sticky_source(multi: Multi) -> None:
+    a = ADDRS[4][0]
+    multi.dp.set_endpoint(0, Sticky(*multi.remote_ep(4), src=(a, 0)))
+    for k in range(40):
+        multi.app.sendto(bytes([k]) * 600, (PEER_IP, 9999))
+    got = [multi.recv(4) for _ in range(40)]
+    assert {src for _, src in got} == {a}
+    assert sorted(unseal(multi.send_key, m)[1] for m, _ in got) == list(range(40))
+    assert multi.dp.offloads()["udp_gso4"]          # the source cmsg did not break GSO
+
+
+@pytest.mark.parametrize("fam", [4, 6])
+def test_source_gone_falls_back_to_routing(multi: Multi, fam: int) -> None:
+    """Not too sticky: once the address left the host, the send goes again from where
+    routing says, and the endpoint forgets the source."""
+    a, _, r = ADDRS[fam]
+    multi.dp.set_endpoint(0, Sticky(*multi.remote_ep(fam), src=(a, _ifindex(multi, fam))))
+    multi.dp.send_packet(0, b"", time.monotonic())
+    assert multi.recv(fam)[1] == a
+    sh("ip", "-n", multi.ns, f"-{fam}", "addr", "del", f"{a}/{32 if fam == 4 else 128}",
+       "dev", "lo")
+    assert multi.dp.send_packet(0, b"", time.monotonic()) == lib.WG_OK
+    assert multi.recv(fam)[1] == r
+    assert multi.dp.get_endpoint(0).src is None
+    assert multi.dp.get_endpoint(0) == multi.remote_ep(fam)
+    assert int(multi.dp.drops[lib.WG_DROP_IO]) == 0
+    with contextlib.suppress(OSError):
+        multi.remote[fam].settimeout(0.2)
+        assert multi.recv(fam) is None, "one message, sent once"
