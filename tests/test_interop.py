@@ -425,3 +425,61 @@ def test_garbage_udp_datagrams_are_dropped(tunnel: Tunnel) -> None:
     assert topo.a.ping(INNER4[1], count=3, interval=0.1).received == 3
     assert topo.b.ping(INNER6[0], count=3, interval=0.1).received == 3
 
+
+
+# --------------------------------------------------------------------------- sticky source
+
+# A second underlay address of b's: for IPv4 a secondary in the same /24 (routing prefers the
+# primary towards a), for IPv6 in a prefix of its own (source selection prefers the primary
+# by its longer match with a's address).
+SECOND = {4: ("10.200.0.3", "24"), 6: ("fd00:202::3", "64")}
+
+
+def _ep(outer: int, addr: str, port: int = 51821) -> str:
+    return f"{addr}:{port}" if outer == 4 else f"[{addr}]:{port}"
+
+
+@pytest.mark.parametrize("outer", [4, 6])
+@pytest.mark.parametrize("peer_impl", ["wgfast", "wireguard-go"])
+def test_sticky_source_on_a_host_with_two_addresses(topo: Topology, peer_impl: str,
+                                                    outer: int) -> None:
+    """wgfast (b) answers from the address the peer (a) reached it on, so a's endpoint stays
+    where a configured it; setting the endpoint through UAPI forgets the source; and when
+    that address leaves the host, traffic flows again from the one routing picks."""
+    fam = f"-{outer}"
+    primary = UNDERLAY4[1] if outer == 4 else UNDERLAY6[1]
+    second, plen = SECOND[outer]
+    a, b = topo.a, topo.b
+    b.run(["ip", fam, "addr", "add", f"{second}/{plen}", "dev", b.veth,
+           *(["nodad"] if outer == 6 else [])])
+    if outer == 6:
+        a.run(["ip", "-6", "route", "add", f"{second}/64", "dev", a.veth])
+    tun = make_tunnel(topo, require_impl(peer_impl), require_impl("wgfast"), outer=outer)
+    inner_b, inner_a = (INNER4[1], INNER4[0]) if outer == 4 else (INNER6[1], INNER6[0])
+
+    def a_reaches(addr: str) -> None:
+        tun.a.set("peer", tun.b.public_key, "endpoint", _ep(outer, addr))
+        assert a.ping(inner_b, count=3, interval=0.1).received == 3
+        assert b.ping(inner_a, count=2, interval=0.1).received == 2
+        # Every reply and every packet b started came from addr: a never roamed away.
+        assert tun.a.endpoints()[tun.b.public_key] == _ep(outer, addr)
+
+    assert a.wait_ping(inner_b)
+    a_reaches(second)
+    a_reaches(primary)
+    a_reaches(second)
+    # UAPI sets b's endpoint for a (the same address): the source is forgotten, so what b
+    # sends now leaves from routing's choice and a follows it there.
+    a_addr = UNDERLAY4[0] if outer == 4 else UNDERLAY6[0]
+    tun.b.set("peer", tun.a.public_key, "endpoint", _ep(outer, a_addr, 51820))
+    assert b.ping(inner_a, count=2, interval=0.1).received == 2
+    assert tun.a.endpoints()[tun.b.public_key] == _ep(outer, primary)
+    # Sticky to the second address again, then it leaves the host: b's next send from it
+    # fails, goes again from the primary, and a roams there.
+    a_reaches(second)
+    b.run(["ip", fam, "addr", "del", f"{second}/{plen}", "dev", b.veth])
+    assert b.ping(inner_a, count=3, interval=0.1).received == 3
+    assert tun.a.endpoints()[tun.b.public_key] == _ep(outer, primary)
+    assert a.ping(inner_b, count=2, interval=0.1).received == 2
+    for d in tun.pair:
+        assert d.alive(), d.log()
