@@ -280,8 +280,10 @@ static int ipv6_l4off(const uint8_t *ip, uint32_t plen, uint8_t proto, uint32_t 
     return (int)off;
 }
 
+/* Segments [first, first + max_out) of pkt; whole = all of them or -WG_OFF_ERR_TOO_MANY. */
 static int segment(const uint8_t *pkt, uint32_t len, uint32_t first, uint8_t **out,
-                   uint32_t out_cap, uint32_t *out_len, uint32_t max_out, uint32_t *total_out)
+                   uint32_t out_cap, uint32_t *out_len, uint32_t max_out, int whole,
+                   uint32_t *total_out)
 {
     if (len < WG_VNET_HDR_LEN)
         return -WG_OFF_ERR_SHORT;
@@ -380,6 +382,8 @@ static int segment(const uint8_t *pkt, uint32_t len, uint32_t first, uint8_t **o
     *total_out = nseg;
     if (first >= nseg)
         return 0;
+    if (whole && nseg - first > max_out)
+        return -WG_OFF_ERR_TOO_MANY;
     if (hl + (payload < gso_size ? payload : gso_size) > out_cap)
         return -WG_OFF_ERR_TOO_BIG;
     uint32_t end = nseg - first > max_out ? first + max_out : nseg;
@@ -445,16 +449,10 @@ static int segment(const uint8_t *pkt, uint32_t len, uint32_t first, uint8_t **o
 int wg_vnet_segment(const uint8_t *pkt, uint32_t len, uint8_t **out, uint32_t out_cap,
                     uint32_t *out_len, uint32_t max_out)
 {
-    /* All or nothing: count (and check) the segments before writing any. */
     uint32_t total = 0;
     if (max_out == 0)
         return -WG_OFF_ERR_TOO_MANY;
-    int c = segment(pkt, len, 0, out, out_cap, out_len, 0, &total);
-    if (c < 0)
-        return c;
-    if (total > max_out)
-        return -WG_OFF_ERR_TOO_MANY;
-    return segment(pkt, len, 0, out, out_cap, out_len, max_out, &total);
+    return segment(pkt, len, 0, out, out_cap, out_len, max_out, 1, &total);
 }
 
 int wg_vnet_segment_from(const uint8_t *pkt, uint32_t len, uint32_t first, uint8_t **out,
@@ -462,7 +460,7 @@ int wg_vnet_segment_from(const uint8_t *pkt, uint32_t len, uint32_t first, uint8
                          uint32_t *nseg)
 {
     uint32_t total = 0;
-    int c = segment(pkt, len, first, out, out_cap, out_len, max_out, &total);
+    int c = segment(pkt, len, first, out, out_cap, out_len, max_out, 0, &total);
     *nseg = total;
     return c;
 }
