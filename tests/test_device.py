@@ -13,11 +13,14 @@ import socket
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import pytest
 from conftest import needs_tun, sh
 from test_dataplane import netns, until
+from test_send import ADDRS, IP_PKTINFO, Multi, multi_fixture  # noqa: F401  (a fixture)
 
+from wgfast.datapath import Sticky
 from wgfast.device import Device
 from wgfast.netns import inside
 from wgfast.noise import StaticIdentity
@@ -304,3 +307,38 @@ def test_threads_mode_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WGFAST_THREADS", "fast")
     with pytest.raises(DeviceError, match="WGFAST_THREADS"):
         pipeline_default()
+
+
+# ---- sticky source of the control plane's handshake sends ------------------------------------
+
+@pytest.mark.parametrize("fam", [4, 6])
+def test_handshake_sends_leave_from_the_sticky_source(multi: Multi, fam: int) -> None:
+    """_sendto answers from the local address a handshake reached (Sticky.src), and falls
+    back to routing's choice once that address is gone."""
+    dev = SimpleNamespace(sock4=multi.socks[4], sock6=multi.socks[6])
+    a, b, r = ADDRS[fam]
+    idx = multi.lo_index if fam == 6 else 0
+    remote = multi.remote[fam]
+    for src, want in ((a, a), (b, b), (None, r)):
+        ep = Sticky(*multi.remote_ep(fam), src=(src, idx) if src else None)
+        assert Device._sendto(dev, b"\x02hello", ep)        # type: ignore[arg-type]
+        data, frm = remote.recvfrom(100)
+        assert (data, frm[0], frm[1]) == (b"\x02hello", want, multi.port(fam))
+    sh("ip", "-n", multi.ns, f"-{fam}", "addr", "del", f"{a}/{32 if fam == 4 else 128}",
+       "dev", "lo")
+    assert Device._sendto(dev, b"\x02again", Sticky(*multi.remote_ep(fam), src=(a, idx)))  # type: ignore[arg-type]
+    data, frm = remote.recvfrom(100)
+    assert (data, frm[0]) == (b"\x02again", r)
+
+
+def test_sockets_ask_for_the_local_address(multi: Multi) -> None:
+    dev = SimpleNamespace(offloads=False, _tune=Device._tune)
+    with inside(multi.ns):
+        s4, s6, port = Device._open_sockets(dev, 0, 0)     # type: ignore[arg-type]
+    try:
+        assert s4 is not None and s6 is not None and port > 0
+        assert s4.getsockopt(socket.IPPROTO_IP, IP_PKTINFO) == 1
+        assert s6.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO) == 1
+    finally:
+        s4.close()
+        s6.close()
