@@ -6,13 +6,16 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
+import select
 import socket
+import struct
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from conftest import sh
+from conftest import inet_csum, sh
 from test_dataplane import (  # noqa: F401  (plane is a fixture)
     LOCAL,
     LOCAL_INDEX,
@@ -22,7 +25,9 @@ from test_dataplane import (  # noqa: F401  (plane is a fixture)
     UNROUTED,
     Plane,
     needs_root,
+    netns,
     plane_fixture,
+    seal,
     unseal,
     until,
 )
@@ -257,3 +262,98 @@ def test_source_gone_falls_back_to_routing(multi: Multi, fam: int) -> None:
     with contextlib.suppress(OSError):
         multi.remote[fam].settimeout(0.2)
         assert multi.recv(fam) is None, "one message, sent once"
+
+
+# ---- the send loop with TSO: a super-packet of more segments than a batch has slots ----------
+
+def _tcp4(src: str, dst: str, sport: int, dport: int, seq: int, ack: int, flags: int,
+          options: bytes = b"", ident: int = 0) -> bytes:
+    """An IPv4/TCP packet without payload (the far end's SYN-ACK and ACKs)."""
+    s, d = ipaddress.IPv4Address(src).packed, ipaddress.IPv4Address(dst).packed
+    tcp = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, (20 + len(options)) // 4 << 4,
+                      flags, 65535, 0, 0) + options
+    c = inet_csum(s + d + struct.pack("!BBH", 0, 6, len(tcp)) + tcp)
+    tcp = tcp[:16] + struct.pack("!H", c) + tcp[18:]
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), ident, 0x4000, 64, 6, 0, s, d)
+    return ip[:10] + struct.pack("!H", inet_csum(ip)) + ip[12:] + tcp
+
+
+@needs_root
+def test_small_mss_super_packets_cross_whole() -> None:
+    """The kernel's TCP at MSS 88 hands the TUN super-packets of hundreds of segments; the send
+    loop cuts each across as many batches as it takes: the far end (played here, ACKing every
+    byte) gets the whole stream and nothing is dropped as too big."""
+    ns, name = f"h6ts{os.getpid()}", "h6tstun0"
+    size = 1_500_000
+    with netns(ns), contextlib.ExitStack() as stack:
+        with inside(ns):
+            tun = Tun(name, mtu=1420, nonblocking=True, vnet_hdr=True, up=True)
+            stack.callback(tun.close)
+            socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
+            app = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        for s in (*socks, app):
+            stack.callback(s.close)
+        tun.set_offload(lib.WG_TUN_F_CSUM | lib.WG_TUN_F_TSO4 | lib.WG_TUN_F_TSO6)
+        sh("ip", "-n", ns, "addr", "add", f"{LOCAL}/24", "dev", name)
+        sock, remote = socks
+        sock.bind(("127.0.0.1", 0))
+        remote.bind(("127.0.0.1", 0))
+        remote.settimeout(5)
+        # Room for a whole window of small datagrams: a loss here would be ours, not the
+        # tunnel's.
+        remote.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_RCVBUFFORCE", 33), 1 << 25)
+        dp = DataPlane(max_peers=2, mtu=1420)
+        send_key, recv_key = os.urandom(32), os.urandom(32)
+        dp.peer_add(0)
+        dp.aip_insert(0, ipaddress.ip_network(f"{PEER_IP}/32"))
+        dp.keypair_install(0, LOCAL_INDEX, REMOTE_INDEX, send_key, recv_key, time.monotonic(),
+                           initiator=True, current=True)
+        dp.set_endpoint(0, remote.getsockname())
+        dp.set_offloads(True, False, False)
+        dp.start(tun.fileno(), sock.fileno(), -1)
+        stack.callback(dp.stop)
+        counter = iter(range(1 << 30))
+
+        def to_kernel(pkt: bytes) -> None:
+            remote.sendto(seal(recv_key, LOCAL_INDEX, next(counter), pkt), sock.getsockname())
+
+        def from_kernel() -> tuple[int, int, bytes]:
+            """(flags, seq, payload) of the next TCP segment the data plane sent us."""
+            _, _, pt = unseal(send_key, remote.recv(65536))
+            ip = pt[:struct.unpack("!H", pt[2:4])[0]]
+            t = ip[(ip[0] & 15) * 4:]
+            return t[13], struct.unpack("!I", t[4:8])[0], t[(t[12] >> 4) * 4:]
+
+        app.setblocking(False)
+        assert app.connect_ex((PEER_IP, 5201)) in (0, 115)     # EINPROGRESS
+        flags, seq, _ = from_kernel()
+        assert flags & 0x02                                     # SYN
+        cport = app.getsockname()[1]
+        expect, pseq = seq + 1, 7000
+        mss88 = struct.pack("!BBH", 2, 4, 88)
+        to_kernel(_tcp4(PEER_IP, LOCAL, 5201, cport, pseq, expect, 0x12, mss88))
+        assert select.select([], [app], [], 5)[1], "no connection"
+        assert app.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+        data = os.urandom(size)
+        app.setblocking(True)
+        sender = threading.Thread(target=app.sendall, args=(data,), daemon=True)
+        sender.start()
+        stream = bytearray()
+        deadline = time.monotonic() + 60
+        while len(stream) < size and time.monotonic() < deadline:
+            remote.settimeout(2)
+            try:
+                flags, seq, payload = from_kernel()
+                while True:                     # every segment waiting, then one ACK
+                    if seq == expect and payload:
+                        stream += payload
+                        expect += len(payload)
+                    remote.settimeout(0)
+                    flags, seq, payload = from_kernel()
+            except (BlockingIOError, TimeoutError):
+                pass
+            to_kernel(_tcp4(PEER_IP, LOCAL, 5201, cport, pseq + 1, expect, 0x10))
+        sender.join(timeout=5)
+        assert int(dp.drops[lib.WG_DROP_TOO_BIG]) == 0
+        assert int(dp.drops[lib.WG_DROP_BAD_INNER]) == 0
+        assert len(stream) == size and bytes(stream) == data
