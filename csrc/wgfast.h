@@ -76,7 +76,8 @@ typedef struct {
     uint32_t *receiver;     /* receiver index (the local index for received messages) */
     uint64_t *counter;      /* transport counter */
     uint8_t  *status;       /* WG_OK or a WG_DROP_* reason */
-    wg_addr  *addr;         /* outer endpoint: destination when sending, source when received */
+    wg_addr  *addr;         /* outer endpoint: destination when sending, source when received;
+                               .src the local address: ours when sending, reached when received */
 } wg_ring;
 
 wg_ring  *wg_ring_new(uint32_t nslots, uint32_t data_cap);
@@ -195,7 +196,8 @@ int  wg_aip_list(wg_dp *dp, int family, uint32_t peer, uint8_t *addrs, uint8_t *
 uint32_t wg_aip_nodes(wg_dp *dp, int family);   /* trie nodes allocated (tests: no leaks) */
 
 /* ---- events to Python (dataplane.c) --------------------------------------------------- */
-#define WG_EV_HANDSHAKE       1     /* a message of type 1-3 arrived: data = it, addr = source */
+#define WG_EV_HANDSHAKE       1     /* a message of type 1-3 arrived: data = it, addr = source
+                                       (addr.src = the local address it reached) */
 #define WG_EV_STAGE           2     /* a packet for a peer without a usable key: data = packet */
 #define WG_EV_NEED_HANDSHAKE  3     /* the peer needs a (re)handshake */
 #define WG_EV_CONFIRMED       4     /* receiver = local index of a keypair C just made current */
