@@ -18,6 +18,7 @@ from test_dataplane import (  # noqa: F401  (plane_fixture provides `plane`)
     seal,
     udp4,
     until,
+    with_mac1,
 )
 
 from wgfast.datapath import lib
@@ -68,8 +69,9 @@ def test_inner_source_outside_allowed_ips_dropped(plane: Plane) -> None:
 
 
 def test_handshake_messages_become_events(plane: Plane) -> None:
-    msgs = [bytes([1, 0, 0, 0]) + os.urandom(144), bytes([2, 0, 0, 0]) + os.urandom(88),
-            bytes([3, 0, 0, 0]) + os.urandom(60)]
+    msgs = [with_mac1(bytes([1, 0, 0, 0]) + os.urandom(144)),
+            with_mac1(bytes([2, 0, 0, 0]) + os.urandom(88)),
+            bytes([3, 0, 0, 0]) + os.urandom(60)]    # cookie replies carry no MACs
     for m in msgs:
         plane.remote.sendto(m, plane.addr)
     evs = plane.wait_events(lib.WG_EV_HANDSHAKE, 3)
