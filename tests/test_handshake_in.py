@@ -13,7 +13,7 @@ import pytest
 
 from wgfast.cookie import CookieChecker, CookieState
 from wgfast.datapath import DataPlane, addr_to_c, check_handshake_crypto, ffi, lib
-from wgfast.messages import parse_cookie_reply
+from wgfast.messages import MAX_STAGED_PACKETS, parse_cookie_reply
 from wgfast.noise import StaticIdentity
 from wgfast.ratelimiter import RateLimiter
 
@@ -204,6 +204,7 @@ def test_control_flags_never_overflow() -> None:
 
 
 def test_staged_packets_capped_per_peer_and_dropped_on_removal() -> None:
+    assert lib.WG_MAX_STAGED == MAX_STAGED_PACKETS          # C and messages.py agree
     dp = DataPlane(max_peers=600)
     for p in (0, 599):
         dp.peer_add(p)

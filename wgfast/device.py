@@ -2,12 +2,13 @@
 C data plane and the control loop that runs the protocol core on its events and timers.
 
 The control loop (asyncio, one thread) wakes for three reasons:
-  - the data plane's eventfd: handshake messages, packets staged for a peer without a key,
-    "this peer needs a handshake", "the responder's keypair was confirmed";
+  - the data plane's eventfd: handshake messages that passed C's intake (mac1, and under load
+    mac2 and the rate limit), and per-peer control flags ("this peer needs a handshake", "the
+    responder's keypair was confirmed"), each taken in a bounded slice per loop turn;
   - a timer deadline computed by timers.evaluate over all peers at once;
   - a UAPI request (wg, wg-quick) or a call from the Python API.
-It never touches a data packet except the few staged ones it hands back to C once a handshake
-completes.
+It never touches a data packet: packets waiting for a session stay in C (staging.c) until it
+asks C to send them.
 """
 
 from __future__ import annotations
