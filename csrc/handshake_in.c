@@ -47,6 +47,7 @@ typedef struct { const char *key; unsigned int data_type; void *data; size_t dat
 
 static void *(*p_mac_fetch)(void *, const char *, const char *);
 static void *(*p_ctx_new)(void *);
+static void (*p_ctx_free)(void *);
 static int (*p_mac_init)(void *, const unsigned char *, size_t, const ossl_param *);
 static int (*p_mac_update)(void *, const unsigned char *, size_t);
 static int (*p_mac_final)(void *, unsigned char *, size_t *, size_t);
@@ -69,13 +70,15 @@ int wg_hs_crypto_init(const char *sodium_path)
         if (h) {
             p_mac_fetch = (void *(*)(void *, const char *, const char *))dlsym(h, "EVP_MAC_fetch");
             p_ctx_new = (void *(*)(void *))dlsym(h, "EVP_MAC_CTX_new");
+            p_ctx_free = (void (*)(void *))dlsym(h, "EVP_MAC_CTX_free");
             p_mac_init = (int (*)(void *, const unsigned char *, size_t, const ossl_param *))
                          dlsym(h, "EVP_MAC_init");
             p_mac_update = (int (*)(void *, const unsigned char *, size_t))
                            dlsym(h, "EVP_MAC_update");
             p_mac_final = (int (*)(void *, unsigned char *, size_t *, size_t))
                           dlsym(h, "EVP_MAC_final");
-            if (p_mac_fetch && p_ctx_new && p_mac_init && p_mac_update && p_mac_final)
+            if (p_mac_fetch && p_ctx_new && p_ctx_free && p_mac_init && p_mac_update &&
+                p_mac_final)
                 blake2s_mac = p_mac_fetch(NULL, "BLAKE2SMAC", NULL);
             if (blake2s_mac)
                 hs_mask |= WG_HS_BLAKE2S;
@@ -96,14 +99,24 @@ int wg_hs_crypto_init(const char *sodium_path)
     return m;
 }
 
+/* One EVP_MAC_CTX per thread, rekeyed per message, freed when the thread ends. */
+static pthread_key_t ctx_key;
+static pthread_once_t ctx_once = PTHREAD_ONCE_INIT;
+static void ctx_free(void *ctx) { p_ctx_free(ctx); }
+static void ctx_key_init(void) { pthread_key_create(&ctx_key, ctx_free); }
+
 int wg_blake2s_mac(const uint8_t *key, uint32_t keylen, const uint8_t *data, uint32_t len,
                    uint8_t *out16)
 {
-    static __thread void *ctx;      /* one EVP_MAC_CTX per thread, rekeyed per message */
     if (!(__atomic_load_n(&hs_mask, __ATOMIC_ACQUIRE) & WG_HS_BLAKE2S) || keylen > 32)
         return -1;
-    if (!ctx && !(ctx = p_ctx_new(blake2s_mac)))
-        return -1;
+    pthread_once(&ctx_once, ctx_key_init);
+    void *ctx = pthread_getspecific(ctx_key);
+    if (!ctx) {
+        if (!(ctx = p_ctx_new(blake2s_mac)))
+            return -1;
+        pthread_setspecific(ctx_key, ctx);
+    }
     size_t outlen = 16, got = 0;
     ossl_param params[2] = {
         {"size", OSSL_PARAM_UNSIGNED_INTEGER, &outlen, sizeof(outlen), 0},
@@ -438,11 +451,24 @@ int wg_hs_receive(wg_dp *dp, const uint8_t *msg, uint32_t len, const wg_addr *sr
     int status = WG_DROP_HANDSHAKE, reply_ok = 0;
     uint8_t m[16];
 
+    /* mac1 outside the lock: a garbage flood costs one short critical section each. */
+    uint8_t key[32];
     pthread_mutex_lock(&h->lock);
-    if (!h->have_key) {
-        status = WG_DROP_MAC1;          /* no private key: nobody to talk to */
-        goto out;
+    int have_key = h->have_key;
+    memcpy(key, h->mac1_key, sizeof(key));
+    pthread_mutex_unlock(&h->lock);
+    uint32_t off = len - 32;
+    int mac1_ok = 0;
+    if (have_key && verified && msg[0] != 3)
+        mac1_ok = wg_blake2s_mac(key, 32, msg, off, m) == 0 && ct_equal16(m, msg + off);
+    explicit_bzero(key, sizeof(key));
+    if (!have_key || (verified && msg[0] != 3 && !mac1_ok)) {
+        /* No private key (nobody to talk to), or a bad mac1: never queued. */
+        wg_drop(dp, WG_DROP_MAC1, 1);
+        return WG_DROP_MAC1;
     }
+
+    pthread_mutex_lock(&h->lock);
     int load = under_load(h, now);
     if (msg[0] == 3) {
         /* Cookie replies carry no MACs; under load they share the per-source limit. */
@@ -455,11 +481,6 @@ int wg_hs_receive(wg_dp *dp, const uint8_t *msg, uint32_t len, const wg_addr *sr
     if (!verified) {
         if (enqueue(h, msg, len, src, WG_HS_UNVERIFIED))
             status = WG_DROP_EVENTS_FULL;
-        goto out;
-    }
-    uint32_t off = len - 32;
-    if (wg_blake2s_mac(h->mac1_key, 32, msg, off, m) || !ct_equal16(m, msg + off)) {
-        status = WG_DROP_MAC1;
         goto out;
     }
     if (load) {
