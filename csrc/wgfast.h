@@ -138,7 +138,7 @@ typedef struct {
     double   *pending_data_recv;    /* first data received since the last authenticated send */
     uint64_t *tx_bytes;             /* UDP payload bytes sent to the peer */
     uint64_t *rx_bytes;             /* UDP payload bytes received from the peer */
-    uint8_t  *want_handshake;       /* set by C when it raised WG_EV_NEED_HANDSHAKE */
+    uint8_t  *want_handshake;       /* set by C when it raised WG_CTL_NEED_HANDSHAKE */
     uint8_t  *active;               /* 1 = the slot holds a configured peer */
 } wg_peer_clocks;
 
@@ -157,7 +157,8 @@ void wg_peer_add_bytes(wg_dp *dp, uint32_t peer, uint64_t tx, uint64_t rx);   /*
 
 /* Keypairs (keypairs.c), found by local (receiver) index.  make_current = 1 makes it the
  * peer's sending keypair at once (the initiator); 0 leaves it "next" until the first data
- * message arrives under it (the responder), when C promotes it and raises WG_EV_CONFIRMED. */
+ * message arrives under it (the responder), when C promotes it and sets WG_CTL_CONFIRMED --
+ * only if it is still "next": a keypair installed as current after it demoted it. */
 int  wg_keypair_install(wg_dp *dp, uint32_t peer, uint32_t local_index, uint32_t remote_index,
                         const uint8_t *send_key, const uint8_t *recv_key, double created,
                         int initiator, int make_current);
