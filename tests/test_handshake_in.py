@@ -216,3 +216,26 @@ def test_staged_packets_capped_per_peer_and_dropped_on_removal() -> None:
     dp.peer_remove(599)
     assert dp.staged_count(599) == 0
     assert dp.drop_staged(0) == lib.WG_MAX_STAGED and int(lib.wg_stage_total(dp.handle)) == 0
+
+
+def test_python_fallback_checks_the_macs_as_c_does(dev, monkeypatch) -> None:
+    """When libcrypto has no BLAKE2SMAC, C queues messages unverified and the device checks
+    them with its Python twins (Device._check_macs): the same verdicts as C's intake."""
+    from wgfast.device import Device
+
+    dp, me, checker = dev
+    d = Device("h6unused")             # never opened: only the checking half is used
+    d.dp, d.checker = dp, checker
+    sent: list[bytes] = []
+    monkeypatch.setattr(d, "_sendto", lambda data, ep: sent.append(data) or True)
+    peer = CookieState(me.public)
+    src = ("192.0.2.8", 5000)
+    assert d._check_macs(initiation(peer), src, T0)
+    assert not d._check_macs(bytes([1, 0, 0, 0]) + os.urandom(144), src, T0)
+    assert d.handshake_drops == 1 and sent == []
+    lib.wg_hs_force_load(dp.handle, T0 + 100)
+    first = initiation(peer)
+    assert not d._check_macs(first, src, T0)           # no mac2 under load: a cookie
+    [reply] = sent
+    assert peer.consume_reply(parse_cookie_reply(reply), T0)
+    assert d._check_macs(initiation(peer, T0 + 0.1), src, T0 + 0.1)
