@@ -27,7 +27,9 @@ CASES = [("none", 0, 1.0), ("garbage", 200_000, 4.0), ("garbage", 1_000_000, 4.0
 
 def _fmt(r: FloodResult) -> str:
     hs = f"{r.first_handshake * 1000:9.1f} ms" if r.first_handshake is not None else "    never"
-    return (f"{r.mode:8s} {r.rate:>10,.0f} {r.achieved:>12,.0f} {hs:>12s} "
+    asked = f"{r.rate:,.0f}" if r.mode != "none" else "-"
+    reached = f"{r.achieved:,.0f}" if r.mode != "none" else "-"
+    return (f"{r.mode:8s} {asked:>10s} {reached:>12s} {hs:>12s} "
             f"{'yes' if r.confirmed else 'NO':>9s} {r.rss_growth_kb / 1024:8.1f} MB")
 
 
