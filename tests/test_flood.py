@@ -16,13 +16,14 @@ from wgfast.netns import Topology
 MB = 1024
 
 
-@pytest.mark.parametrize("mode,rate,seconds", [("garbage", 200_000, 4), ("mac1", 50_000, 14)])
-def test_handshake_completes_under_flood(topo: Topology, mode: str, rate: int,
-                                         seconds: float) -> None:
+@pytest.mark.parametrize("mode,rate", [("garbage", 200_000), ("mac1", 50_000)])
+def test_handshake_completes_under_flood(topo: Topology, mode: str, rate: int) -> None:
     impl = require_impl("wgfast")
-    r = run_flood(topo, impl, mode, rate, seconds, wait=4 * REKEY_TIMEOUT)
+    r = run_flood(topo, impl, mode, rate, wait=4 * REKEY_TIMEOUT, hold=3.0)
     assert r.sent > 0, "the flooder sent nothing"
     assert r.first_handshake is not None, f"no handshake under a {mode} flood: {r}"
+    # It completed through the flood, not after it.
+    assert r.flood_alive, r
     # The responder saw its keypair confirmed by data: no control flag was lost.
     assert r.confirmed, r
     assert r.rss_growth_kb < 50 * MB, r

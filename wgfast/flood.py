@@ -63,6 +63,7 @@ class FloodResult:
     first_handshake: float | None = None   # s from the first ping to its reply; None = never
     confirmed: bool = False      # the victim (responder) saw the session confirmed
     rss_growth_kb: int = 0
+    flood_alive: bool = False    # the flood was still going when the ping returned
 
     @property
     def achieved(self) -> float:
@@ -88,11 +89,14 @@ def first_ping(topo: Topology, timeout: float) -> float | None:
 
 
 def run_flood(topo: Topology, impl: Implementation, mode: str, rate: float,
-              seconds: float, wait: float = 20.0, nsocks: int = 64,
-              settle: float = 0.5) -> FloodResult:
+              wait: float = 20.0, nsocks: int = 64, settle: float = 0.5,
+              hold: float = 0.0) -> FloodResult:
     """A fresh tunnel (a initiates to b), a flood of `mode` ("garbage", "mac1" or "none") at
-    b's port from FLOOD_SRC, and after `settle` seconds a's first ping.  The flooder runs for
-    `seconds` at most; the ping waits `wait` seconds at most."""
+    b's port from FLOOD_SRC, and after `settle` seconds a's first ping, which waits `wait`
+    seconds at most.  The flood lasts until the ping is answered or given up (so a handshake
+    cannot simply wait for it to end) plus `hold` seconds, after which the victim's RSS growth
+    is taken; at most settle + wait + hold + 5 seconds in all."""
+    seconds = settle + wait + hold + 5
     tun = make_tunnel(topo, impl, impl, psk=False)
     a, b = tun.a, tun.b
     res = FloodResult(mode, rate)
@@ -113,12 +117,17 @@ def run_flood(topo: Topology, impl: Implementation, mode: str, rate: float,
         before = rss_kb(b.pid)
         res.first_handshake = first_ping(topo, wait)
         if proc is not None:
-            out, _ = proc.communicate(timeout=seconds + 30)
+            res.flood_alive = proc.poll() is None
+            time.sleep(hold)
+            res.rss_growth_kb = max(0, rss_kb(b.pid) - before)
+            proc.terminate()
+            out, _ = proc.communicate(timeout=30)
             parts = out.split()
             if len(parts) == 2:
                 res.sent, res.seconds = int(parts[0]), float(parts[1])
             proc = None
-        res.rss_growth_kb = max(0, rss_kb(b.pid) - before)
+        else:
+            res.rss_growth_kb = max(0, rss_kb(b.pid) - before)
         res.confirmed = _confirmed(b, a)
     finally:
         if proc is not None:

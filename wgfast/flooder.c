@@ -4,18 +4,23 @@
  *
  * Sends the datagrams of FILE (records of u16 length + bytes, little-endian) in turn, from
  * NSOCKS sockets bound to SRC_IP (one ephemeral port each), with sendmmsg, paced to RATE per
- * second for SECONDS, and never more than RATE * SECONDS in all.  Prints the count sent. */
+ * second for SECONDS (or until SIGTERM), and never more than RATE * SECONDS in all.  Prints
+ * the count sent and the seconds it took. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
 #define BATCH 64
+
+static volatile sig_atomic_t stop;
+static void on_term(int sig) { (void)sig; stop = 1; }
 
 static double now(void)
 {
@@ -64,9 +69,10 @@ int main(int argc, char **argv)
     struct mmsghdr mm[BATCH];
     struct iovec iov[BATCH];
     uint64_t limit = (uint64_t)(rate * secs), sent = 0, k = 0;
+    signal(SIGTERM, on_term);
     double t0 = now();
     int s = 0;
-    while (sent < limit) {
+    while (sent < limit && !stop) {
         double t = now() - t0;
         if (t >= secs)
             break;
