@@ -503,12 +503,13 @@ int wg_hs_receive(wg_dp *dp, const uint8_t *msg, uint32_t len, const wg_addr *sr
         status = WG_DROP_EVENTS_FULL;
 out:
     pthread_mutex_unlock(&h->lock);
-    if (reply_ok)
-        send_reply(dp, reply, src);
+    /* Counted before the reply leaves: whoever sees the reply sees the count. */
     if (status != WG_DROP_HANDSHAKE)
         wg_drop(dp, status, 1);
     else
         wg_dp_wake(dp);
+    if (reply_ok)
+        send_reply(dp, reply, src);
     return status;
 }
 
