@@ -750,10 +750,15 @@ static uint32_t open_chunk(wg_dp *dp, wg_ring *r, uint32_t first, uint32_t n, do
         }
         if (__atomic_load_n(&kp->pending, __ATOMIC_RELAXED) &&
             __atomic_exchange_n(&kp->pending, 0, __ATOMIC_ACQ_REL)) {
-            /* The responder's "next" keypair is confirmed by its first message. */
-            __atomic_store_n(&dp->current[kp->peer], (int32_t)(kp - dp->keypairs),
-                             __ATOMIC_RELEASE);
-            wg_ev_push(dp, WG_EV_CONFIRMED, kp->peer, kp->local_index, NULL, NULL, 0);
+            /* The responder's "next" keypair is confirmed by its first message -- if it is
+             * still "next": a keypair installed as current after it (our own initiation
+             * completed) demoted it to previous, and it must not override that one. */
+            const struct wg_keypair *cur = wg_kp_current(dp, kp->peer);
+            if (!cur || cur->seq < kp->seq) {
+                __atomic_store_n(&dp->current[kp->peer], (int32_t)(kp - dp->keypairs),
+                                 __ATOMIC_RELEASE);
+                wg_ctl_set(dp, kp->peer, WG_CTL_CONFIRMED, kp->local_index);
+            }
         }
         r->peer[i] = kp->peer;
         r->receiver[i] = kp->local_index;

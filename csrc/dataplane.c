@@ -1,5 +1,5 @@
 /* dataplane.c -- the data-plane state: peers, their clocks and endpoints, drop counters and
- * the event ring that carries what C cannot handle to Python. */
+ * the eventfd that wakes Python for what C cannot handle (handshake_in.c, staging.c). */
 #include "wgfast_internal.h"
 
 #include <errno.h>
@@ -8,9 +8,6 @@
 #include <time.h>
 #include <unistd.h>
 #include <sys/eventfd.h>
-
-#define EV_CAP     1024
-#define EV_STRIDE  2048
 
 double wg_now(void)
 {
@@ -39,7 +36,6 @@ wg_dp *wg_dp_new(uint32_t max_peers, uint32_t max_keypairs, uint32_t mtu)
     dp->max_keypairs = max_keypairs;
     dp->mtu = mtu;
     pthread_rwlock_init(&dp->lock, NULL);
-    pthread_mutex_init(&dp->ev_lock, NULL);
 
     wg_peer_clocks *c = &dp->clocks;
     c->max_peers = max_peers;
@@ -67,10 +63,8 @@ wg_dp *wg_dp_new(uint32_t max_peers, uint32_t max_keypairs, uint32_t mtu)
     dp->aip4 = wg_aip_new();
     dp->aip6 = wg_aip_new();
 
-    dp->ev_cap = EV_CAP;
-    dp->ev_stride = mtu + 256 > EV_STRIDE ? mtu + 256 : EV_STRIDE;
-    dp->ev = zalloc(EV_CAP * sizeof(wg_event));
-    dp->ev_data = zalloc((size_t)EV_CAP * dp->ev_stride);
+    dp->hs = wg_hs_new();
+    dp->side = wg_side_new();
     dp->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     dp->stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     dp->tun_fd = dp->udp4_fd = dp->udp6_fd = -1;
@@ -79,7 +73,7 @@ wg_dp *wg_dp_new(uint32_t max_peers, uint32_t max_keypairs, uint32_t mtu)
         !c->pending_data_sent || !c->pending_data_recv || !c->tx_bytes || !c->rx_bytes ||
         !c->want_handshake || !c->active || !dp->endpoints || !dp->current ||
         !dp->last_need_event || !dp->keypairs || !dp->kp_hash || !dp->aip4 || !dp->aip6 ||
-        !dp->ev || !dp->ev_data || dp->evfd < 0 || dp->stop_fd < 0) {
+        !dp->hs || !dp->side || dp->evfd < 0 || dp->stop_fd < 0) {
         wg_dp_free(dp);
         return NULL;
     }
@@ -108,13 +102,11 @@ void wg_dp_free(wg_dp *dp)
     free(dp->kp_hash);
     if (dp->aip4) wg_aip_free(dp->aip4);
     if (dp->aip6) wg_aip_free(dp->aip6);
-    if (dp->ev_data)
-        explicit_bzero(dp->ev_data, (size_t)dp->ev_cap * dp->ev_stride);
-    free(dp->ev); free(dp->ev_data);
+    wg_hs_free(dp->hs);
+    wg_side_free(dp->side);
     if (dp->evfd >= 0) close(dp->evfd);
     if (dp->stop_fd >= 0) close(dp->stop_fd);
     pthread_rwlock_destroy(&dp->lock);
-    pthread_mutex_destroy(&dp->ev_lock);
     free(dp);
 }
 
@@ -145,6 +137,8 @@ static void peer_clear(wg_dp *dp, uint32_t p)
     dp->last_need_event[p] = 0;
     memset(&dp->endpoints[p], 0, sizeof(wg_addr));
     dp->current[p] = -1;
+    if (dp->side)
+        wg_side_clear(dp, p);       /* staged packets and control flags (staging.c) */
 }
 
 int wg_peer_add(wg_dp *dp, uint32_t peer)
@@ -207,35 +201,11 @@ void wg_peer_add_bytes(wg_dp *dp, uint32_t peer, uint64_t tx, uint64_t rx)
     __atomic_fetch_add(&dp->clocks.rx_bytes[peer], rx, __ATOMIC_RELAXED);
 }
 
-int wg_ev_push(wg_dp *dp, uint32_t type, uint32_t peer, uint32_t receiver,
-               const wg_addr *addr, const uint8_t *data, uint32_t len)
+void wg_dp_wake(wg_dp *dp)
 {
-    pthread_mutex_lock(&dp->ev_lock);
-    if (dp->ev_count == dp->ev_cap) {
-        pthread_mutex_unlock(&dp->ev_lock);
-        wg_drop(dp, WG_DROP_EVENTS_FULL, 1);
-        return -1;
-    }
-    uint32_t at = (dp->ev_head + dp->ev_count) % dp->ev_cap;
-    wg_event *e = &dp->ev[at];
-    if (len > dp->ev_stride)
-        len = dp->ev_stride;
-    e->type = type;
-    e->peer = peer;
-    e->receiver = receiver;
-    e->len = len;
-    if (addr)
-        e->addr = *addr;
-    else
-        memset(&e->addr, 0, sizeof(e->addr));
-    if (len)
-        memcpy(dp->ev_data + (size_t)at * dp->ev_stride, data, len);
-    dp->ev_count++;
-    pthread_mutex_unlock(&dp->ev_lock);
     uint64_t one = 1;
     ssize_t w = write(dp->evfd, &one, sizeof(one));
     (void)w;    /* EAGAIN only when the counter is saturated: Python is awake anyway */
-    return 0;
 }
 
 uint32_t wg_events_pop(wg_dp *dp, wg_event *evs, uint8_t *data, uint32_t stride, uint32_t max)
@@ -244,25 +214,23 @@ uint32_t wg_events_pop(wg_dp *dp, wg_event *evs, uint8_t *data, uint32_t stride,
     ssize_t r = read(dp->evfd, &v, sizeof(v));
     (void)r;
     uint32_t n = 0;
-    pthread_mutex_lock(&dp->ev_lock);
-    while (n < max && dp->ev_count) {
-        uint32_t at = dp->ev_head;
-        evs[n] = dp->ev[at];
-        uint32_t len = evs[n].len < stride ? evs[n].len : stride;
-        if (data && len)
-            memcpy(data + (size_t)n * stride, dp->ev_data + (size_t)at * dp->ev_stride, len);
-        evs[n].len = len;
-        dp->ev_head = (at + 1) % dp->ev_cap;
-        dp->ev_count--;
-        n++;
+    /* Control flags first: they are few (one entry per peer at most) and never dropped. */
+    while (n < max) {
+        uint32_t peer, flags, confirmed;
+        if (!wg_ctl_collect(dp, &peer, &flags, &confirmed, 1))
+            break;
+        if (flags & WG_CTL_CONFIRMED && n < max)
+            evs[n++] = (wg_event){.type = WG_EV_CONFIRMED, .peer = peer, .receiver = confirmed};
+        if (flags & WG_CTL_NEED_HANDSHAKE) {
+            if (n < max)
+                evs[n++] = (wg_event){.type = WG_EV_NEED_HANDSHAKE, .peer = peer};
+            else
+                wg_ctl_set(dp, peer, WG_CTL_NEED_HANDSHAKE, 0);   /* next time */
+        }
     }
-    int more = dp->ev_count != 0;
-    pthread_mutex_unlock(&dp->ev_lock);
-    if (more) {
-        uint64_t one = 1;
-        ssize_t w = write(dp->evfd, &one, sizeof(one));
-        (void)w;
-    }
+    n += wg_hs_pop(dp, evs + n, data ? data + (size_t)n * stride : NULL, stride, max - n);
+    if (wg_hs_queued(dp) || wg_ctl_pending(dp))
+        wg_dp_wake(dp);
     return n;
 }
 
@@ -270,11 +238,13 @@ int wg_dp_eventfd(wg_dp *dp) { return dp->evfd; }
 
 void wg_want_handshake(wg_dp *dp, uint32_t peer, double now)
 {
-    if (now - dp->last_need_event[peer] < 1.0)
+    /* A new request (Python cleared the last one) always goes through; a standing one is
+     * repeated at most once per second. */
+    if (dp->clocks.want_handshake[peer] && now - dp->last_need_event[peer] < 1.0)
         return;
     dp->last_need_event[peer] = now;
     dp->clocks.want_handshake[peer] = 1;
-    wg_ev_push(dp, WG_EV_NEED_HANDSHAKE, peer, 0, NULL, NULL, 0);
+    wg_ctl_set(dp, peer, WG_CTL_NEED_HANDSHAKE, 0);
 }
 
 void wg_dp_set_fds(wg_dp *dp, int tun_fd, int udp4_fd, int udp6_fd)

@@ -89,6 +89,7 @@ int wg_keypair_install(wg_dp *dp, uint32_t peer, uint32_t local_index, uint32_t 
     kp->initiator = initiator ? 1 : 0;
     kp->pending = make_current ? 0 : 1;
     kp->created = created;
+    kp->seq = ++dp->kp_seq;
     kp->send_counter = 0;
     memcpy(kp->send_key, send_key, WG_KEY_LEN);
     memcpy(kp->recv_key, recv_key, WG_KEY_LEN);

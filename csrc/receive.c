@@ -6,8 +6,10 @@
  *      local address and interface it reached: the sticky source replies leave from.  With
  *      UDP GRO a read may hold a train of equal-sized datagrams from one source: they are then
  *      read into large buffers and split into slots;
- *   2. handshake messages (types 1-3) go to Python as WG_EV_HANDSHAKE events; anything that is
- *      not a plausible transport message is a counted drop;
+ *   2. handshake messages (types 1-3) of their exact size go to the intake (handshake_in.c):
+ *      mac1 checked, and under load mac2, the cookie reply and the per-source rate limit;
+ *      what passes is queued for Python, fairly between sources; anything that is not a
+ *      plausible transport message is a counted drop;
  *   3. wg_open_batch looks each transport message's receiver index up, pre-checks the replay
  *      window, opens it in place (plaintext at HEADROOM) and then records its counter;
  *   4. under the configuration lock, each plaintext is checked: empty = keepalive, otherwise an
@@ -222,8 +224,9 @@ static void process(wg_dp *dp, wg_ring *r, uint32_t n, struct rxbatch *rb)
                 wg_drop(dp, WG_DROP_SHORT, 1);
                 continue;
             }
-            r->status[i] = WG_DROP_HANDSHAKE;
-            wg_ev_push(dp, WG_EV_HANDSHAKE, 0, 0, &r->addr[i], m, len);
+            /* mac1, and under load mac2, the cookie reply and the rate limit, are decided
+             * in handshake_in.c; only what passes is queued for Python. */
+            r->status[i] = (uint8_t)wg_hs_receive(dp, m, len, &r->addr[i], now);
         }
     }
     uint32_t i = 0;

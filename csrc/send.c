@@ -11,8 +11,9 @@
  *   2. under the configuration lock, map each packet's destination address to a peer through
  *      the allowed-IPs trie (no owner: counted drop WG_DROP_NO_ROUTE);
  *   3. wg_seal_batch pads, numbers and seals every packet in place under its peer's current
- *      keypair; a peer without a usable keypair gets its packets handed to Python (WG_EV_STAGE)
- *      and a handshake requested;
+ *      keypair; a peer without a usable keypair gets its packets staged in C (staging.c, at
+ *      most WG_MAX_STAGED per peer) and a handshake requested; Python flushes them
+ *      (wg_stage_flush) once a session exists;
  *   4. one sendmmsg per address family sends every sealed message from the slot it was read
  *      into, from the endpoint's sticky source (an IP_PKTINFO / IPV6_PKTINFO cmsg: the local
  *      address the peer last reached us on; when the kernel refuses it, the source is
@@ -21,7 +22,7 @@
  *      kernel splits as late as it can;
  *   5. the per-peer clocks and byte counters are stamped once per peer per batch.
  *
- * The control plane sends keepalives and staged packets with wg_send_packet, which takes the
+ * The control plane sends keepalives (and wg_stage_flush staged packets) with wg_send_packet, which takes the
  * same path (steps 3-5) for one packet.  With WG_THREADS_PIPELINE, steps 1-2 stay on this
  * thread and steps 3-5 run on a second one (wg_pipe), each batch in a ring of its own.
  */
@@ -211,8 +212,8 @@ static void seal_and_send(wg_dp *dp, wg_ring *r, uint32_t n, double now, struct 
     for (uint32_t i = 0; i < n; i++) {
         if (r->status[i] == WG_DROP_NO_KEY) {
             if (stage) {
-                wg_ev_push(dp, WG_EV_STAGE, r->peer[i], 0, NULL,
-                           wg_slot(r, i) + WG_HEADROOM, r->len[i]);
+                /* Kept in C per peer (staging.c) until Python flushes them. */
+                wg_stage_put(dp, r->peer[i], wg_slot(r, i) + WG_HEADROOM, r->len[i]);
                 wg_want_handshake(dp, r->peer[i], now);
             }
             continue;

@@ -35,9 +35,13 @@
 #define WG_DROP_TOO_BIG      12     /* does not fit the slot / the MTU */
 #define WG_DROP_NO_ENDPOINT  13     /* peer has no endpoint yet */
 #define WG_DROP_IO           14     /* the socket or TUN write failed */
-#define WG_DROP_HANDSHAKE    15     /* a handshake message: handed to Python as an event */
-#define WG_DROP_EVENTS_FULL  16     /* the event ring to Python was full */
-#define WG_DROP_NREASONS     17
+#define WG_DROP_HANDSHAKE    15     /* a handshake message: queued for Python (not a loss) */
+#define WG_DROP_EVENTS_FULL  16     /* the handshake queue (its source's share) was full */
+#define WG_DROP_MAC1         17     /* handshake message with a bad mac1 (or no private key) */
+#define WG_DROP_COOKIE       18     /* under load without a valid mac2: answered with a cookie */
+#define WG_DROP_RATELIMIT    19     /* under load, over its source's 20/s handshake budget */
+#define WG_DROP_STAGED       20     /* a staged packet pushed out by newer ones (or unsendable) */
+#define WG_DROP_NREASONS     21
 
 /* ---- protocol limits the data plane enforces (whitepaper 6.1) ------------------------ */
 #define WG_REKEY_AFTER_MESSAGES   1152921504606846976ULL   /* 2^60 */
@@ -141,7 +145,7 @@ typedef struct {
     double   *pending_data_recv;    /* first data received since the last authenticated send */
     uint64_t *tx_bytes;             /* UDP payload bytes sent to the peer */
     uint64_t *rx_bytes;             /* UDP payload bytes received from the peer */
-    uint8_t  *want_handshake;       /* set by C when it raised WG_EV_NEED_HANDSHAKE */
+    uint8_t  *want_handshake;       /* set by C when it raised WG_CTL_NEED_HANDSHAKE */
     uint8_t  *active;               /* 1 = the slot holds a configured peer */
 } wg_peer_clocks;
 
@@ -160,7 +164,8 @@ void wg_peer_add_bytes(wg_dp *dp, uint32_t peer, uint64_t tx, uint64_t rx);   /*
 
 /* Keypairs (keypairs.c), found by local (receiver) index.  make_current = 1 makes it the
  * peer's sending keypair at once (the initiator); 0 leaves it "next" until the first data
- * message arrives under it (the responder), when C promotes it and raises WG_EV_CONFIRMED. */
+ * message arrives under it (the responder), when C promotes it and sets WG_CTL_CONFIRMED --
+ * only if it is still "next": a keypair installed as current after it demoted it. */
 int  wg_keypair_install(wg_dp *dp, uint32_t peer, uint32_t local_index, uint32_t remote_index,
                         const uint8_t *send_key, const uint8_t *recv_key, double created,
                         int initiator, int make_current);
@@ -195,10 +200,15 @@ int  wg_aip_list(wg_dp *dp, int family, uint32_t peer, uint8_t *addrs, uint8_t *
                  uint32_t max);
 uint32_t wg_aip_nodes(wg_dp *dp, int family);   /* trie nodes allocated (tests: no leaks) */
 
-/* ---- events to Python (dataplane.c) --------------------------------------------------- */
-#define WG_EV_HANDSHAKE       1     /* a message of type 1-3 arrived: data = it, addr = source
+/* ---- what C hands to Python (dataplane.c, handshake_in.c, staging.c) ------------------ */
+/* One eventfd wakes Python for all of it.  Three paths that cannot crowd each other out:
+ *   - handshake messages that passed the intake checks (handshake_in.c) on a bounded queue
+ *     of their own, fair between sources: wg_hs_pop;
+ *   - control flags per peer (a handshake is needed, a keypair was confirmed), set by C and
+ *     collected by Python, never dropped: wg_ctl_collect;
+ *   - packets waiting for a session, kept per peer in C (staging.c): wg_stage_flush. */
+#define WG_EV_HANDSHAKE       1     /* a message of type 1-3: data = it, addr = source
                                        (addr.src = the local address it reached) */
-#define WG_EV_STAGE           2     /* a packet for a peer without a usable key: data = packet */
 #define WG_EV_NEED_HANDSHAKE  3     /* the peer needs a (re)handshake */
 #define WG_EV_CONFIRMED       4     /* receiver = local index of a keypair C just made current */
 typedef struct {
@@ -208,9 +218,57 @@ typedef struct {
     uint32_t len;
     wg_addr  addr;
 } wg_event;
-int      wg_dp_eventfd(wg_dp *dp);                     /* readable when events are waiting */
-/* Pop up to max events; data for event k is copied to data + k * stride (cut to stride). */
+int      wg_dp_eventfd(wg_dp *dp);                     /* readable when anything is waiting */
+/* Up to max events: control flags first (as NEED_HANDSHAKE / CONFIRMED events), then
+ * handshake messages; data for event k is copied to data + k * stride (cut to stride).
+ * The eventfd stays readable while anything is left. */
 uint32_t wg_events_pop(wg_dp *dp, wg_event *evs, uint8_t *data, uint32_t stride, uint32_t max);
+
+/* Control flags (staging.c): peers[k] had flags[k] set (WG_CTL_*) since the last collect;
+ * confirmed[k] is the local index C promoted when WG_CTL_CONFIRMED is set. */
+#define WG_CTL_NEED_HANDSHAKE 1
+#define WG_CTL_CONFIRMED      2
+uint32_t wg_ctl_collect(wg_dp *dp, uint32_t *peers, uint32_t *flags, uint32_t *confirmed,
+                        uint32_t max);
+uint32_t wg_ctl_pending(wg_dp *dp);                    /* peers with flags waiting */
+
+/* Staged packets (staging.c): at most WG_MAX_STAGED per peer, the oldest dropped
+ * (WG_DROP_STAGED), each kept at its own length.  flush sends them (oldest first) once the
+ * peer has a session and returns how many went; those that still find no key stay. */
+#define WG_MAX_STAGED 128
+int      wg_stage_put(wg_dp *dp, uint32_t peer, const uint8_t *pkt, uint32_t len);
+int      wg_stage_flush(wg_dp *dp, uint32_t peer, double now);
+uint32_t wg_stage_drop(wg_dp *dp, uint32_t peer);      /* give up: returns how many */
+uint32_t wg_stage_count(wg_dp *dp, uint32_t peer);
+uint64_t wg_stage_total(wg_dp *dp);
+
+/* Handshake intake (handshake_in.c).  crypto_init loads keyed BLAKE2s (OpenSSL 3 EVP_MAC
+ * "BLAKE2SMAC") and XChaCha20-Poly1305 (libsodium at sodium_path); returns WG_HS_* bits.
+ * Without BLAKE2S every message is queued with WG_HS_UNVERIFIED in wg_event.receiver and
+ * Python checks the MACs. */
+#define WG_HS_BLAKE2S    1
+#define WG_HS_XCHACHA    2
+#define WG_HS_UNVERIFIED 1
+int      wg_hs_crypto_init(const char *sodium_path);
+/* BLAKE2s-128 keyed MAC (key <= 32 bytes); 0 = ok, -1 = unavailable. */
+int      wg_blake2s_mac(const uint8_t *key, uint32_t keylen, const uint8_t *data, uint32_t len,
+                        uint8_t *out16);
+/* mac1_key = HASH("mac1----" || our public), cookie_key = HASH("cookie--" || our public);
+ * NULL = no private key (every handshake message is dropped).  Empties the queue. */
+int      wg_hs_set_keys(wg_dp *dp, const uint8_t *mac1_key, const uint8_t *cookie_key);
+/* One datagram of type 1-3 and its exact size, from src: returns WG_DROP_HANDSHAKE when it
+ * was queued, else the reason it was dropped (counted). */
+int      wg_hs_receive(wg_dp *dp, const uint8_t *msg, uint32_t len, const wg_addr *src,
+                       double now);
+uint32_t wg_hs_pop(wg_dp *dp, wg_event *evs, uint8_t *data, uint32_t stride, uint32_t max);
+uint32_t wg_hs_queued(wg_dp *dp);
+int      wg_hs_under_load(wg_dp *dp, double now);
+void     wg_hs_force_load(wg_dp *dp, double until);    /* tests: under load until then */
+/* The per-source token bucket (tests: against ratelimiter.py); 1 = allowed. */
+int      wg_hs_ratelimit(wg_dp *dp, const wg_addr *src, double now);
+/* The cookie reply we would send to msg (148 or 92 bytes) from src; 0 = ok. */
+int      wg_hs_cookie_reply(wg_dp *dp, const uint8_t *msg, uint32_t len, const wg_addr *src,
+                            double now, uint8_t *out64);
 
 /* ---- the I/O loops (send.c, receive.c) ------------------------------------------------ */
 /* Python opens the descriptors; C only reads and writes them.  -1 = none. */

@@ -24,6 +24,8 @@ struct wg_keypair {
     uint8_t  initiator;
     uint8_t  pending;                /* "next": not yet current, promoted on first receive */
     uint8_t  _pad;
+    uint64_t seq;                    /* install order: only a keypair newer than current may
+                                        be promoted (an older pending one was demoted) */
     double   created;
     uint64_t send_counter;           /* next counter to send under this keypair */
     uint8_t  send_key[WG_KEY_LEN];
@@ -59,11 +61,12 @@ struct wg_dp {
 
     uint64_t drops[WG_DROP_NREASONS];     /* __atomic builtins */
 
-    /* Event ring to Python, guarded by ev_lock (events are rare: handshakes, staging). */
-    pthread_mutex_t ev_lock;
-    wg_event *ev;
-    uint8_t  *ev_data;
-    uint32_t  ev_cap, ev_stride, ev_head, ev_count;
+    uint64_t kp_seq;                    /* last wg_keypair.seq handed out (under lock) */
+
+    /* What goes to Python: handshake intake and its queue, control flags and staged
+     * packets, and the eventfd that wakes Python for either. */
+    struct wg_hs_in *hs;                /* handshake_in.c */
+    struct wg_side *side;               /* staging.c */
     int       evfd;
 
     int tun_fd, udp4_fd, udp6_fd;
@@ -82,11 +85,21 @@ struct wg_keypair *wg_kp_current(wg_dp *dp, uint32_t peer);
 
 /* dataplane.c */
 void wg_drop(wg_dp *dp, int reason, uint32_t n);
-/* Queue an event for Python; returns 0, or -1 when the ring is full (counted). */
-int  wg_ev_push(wg_dp *dp, uint32_t type, uint32_t peer, uint32_t receiver,
-                const wg_addr *addr, const uint8_t *data, uint32_t len);
-/* Raise WG_EV_NEED_HANDSHAKE for a peer at most once per second. */
+/* Make the eventfd readable: something is waiting for Python. */
+void wg_dp_wake(wg_dp *dp);
+/* Ask Python for a handshake (WG_CTL_NEED_HANDSHAKE): at once when none is pending, else at
+ * most once per second per peer. */
 void wg_want_handshake(wg_dp *dp, uint32_t peer, double now);
+
+/* handshake_in.c */
+struct wg_hs_in *wg_hs_new(void);
+void wg_hs_free(struct wg_hs_in *h);
+
+/* staging.c */
+struct wg_side *wg_side_new(void);
+void wg_side_free(struct wg_side *s);
+void wg_side_clear(wg_dp *dp, uint32_t peer);   /* staged packets and flags of a peer */
+void wg_ctl_set(wg_dp *dp, uint32_t peer, uint32_t flag, uint32_t confirmed);
 
 /* Slot i of a ring, inline for the per-packet loops (wg_ring_slot checks its bounds). */
 static inline uint8_t *wg_slot(const wg_ring *r, uint32_t i)

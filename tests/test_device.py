@@ -342,3 +342,42 @@ def test_sockets_ask_for_the_local_address(multi: Multi) -> None:
     finally:
         s4.close()
         s6.close()
+
+
+def test_handshake_queue_drained_in_slices_uapi_not_starved(one: Side) -> None:
+    """About a thousand handshake messages that pass C's intake (valid mac1 and, once the
+    queue puts the device under load, a valid mac2 from cookies C made) are queued at once.
+    The control loop takes them HANDSHAKE_SLICE per turn, so a UAPI request made right after
+    is answered while most of them are still queued (an unbounded drain would answer it only
+    once the queue is empty)."""
+    import time
+
+    from wgfast.cookie import CookieState
+    from wgfast.datapath import addr_to_c, ffi, lib
+    from wgfast.device import HANDSHAKE_SLICE
+    from wgfast.messages import parse_cookie_reply
+
+    dev, dp = one.dev, one.dev.dp
+    assert dp is not None
+    reply, addr = ffi.new("uint8_t[64]"), ffi.new("wg_addr *")
+    msgs = []
+    now = time.monotonic()
+    for k in range(256):
+        src = (f"10.9.{k // 200}.{k % 200 + 1}", 1000 + k)
+        st = CookieState(one.me.public)
+        first = st.add_macs(bytes([1, 0, 0, 0]) + os.urandom(144), now)
+        addr_to_c(src, addr)
+        assert lib.wg_hs_cookie_reply(dp.handle, first, 148, addr, now, reply) == 0
+        assert st.consume_reply(parse_cookie_reply(bytes(reply)), now)
+        msgs += [(st.add_macs(bytes([1, 0, 0, 0]) + os.urandom(144), now), src)
+                 for _ in range(4)]
+    with dev._lock:                      # the loop cannot drain while we fill
+        got = [dp.receive_handshake(m, src, now) for m, src in msgs]
+        queued = int(lib.wg_hs_queued(dp.handle))
+    assert got.count(lib.WG_DROP_HANDSHAKE) == queued
+    assert queued > 8 * HANDSHAKE_SLICE and dp.under_load(now)
+    dev.uapi_get()
+    assert int(lib.wg_hs_queued(dp.handle)) > queued - 3 * HANDSHAKE_SLICE
+    # every one is handled in the end (random bodies: each a failed Noise attempt)
+    assert until(lambda: dev.handshake_drops >= queued)
+    assert int(lib.wg_hs_queued(dp.handle)) == 0

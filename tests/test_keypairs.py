@@ -123,6 +123,29 @@ def test_responder_promotion_raises_confirmed(dp) -> None:
         assert pop_events(dp) == [(lib.WG_EV_CONFIRMED, 3, 11)]
 
 
+def test_demoted_next_keypair_is_never_promoted(dp) -> None:
+    """Issue 10, 4a: responder keypair N1 is "next" when our own initiation completes and K2
+    is installed as current (Python moves N1 to previous).  The peer's first data under N1
+    must not make C promote N1 over the newer K2 -- only the keypair that is still "next" may
+    be promoted (kernel, wireguard-go)."""
+    init_aead()
+    n1, k2 = os.urandom(32), os.urandom(32)
+    assert install(dp, 3, 21, current=0, key=n1) == 0          # N1: next (responder)
+    assert install(dp, 3, 22, current=1, key=k2) == 0          # K2: current (initiator)
+    assert current_of(dp, 3) == 22
+    with Ring(4, 1500) as ring:
+        ring.put_message(0, _sealed_by_peer(n1, 21, 0, bytes(16)))
+        assert lib.wg_open_batch(dp, ring.ptr, 0, 1, lib.wg_now()) == 1   # still opens
+        assert current_of(dp, 3) == 22 and pop_events(dp) == []
+        # and a later next keypair is promoted as usual
+        n3 = os.urandom(32)
+        assert install(dp, 3, 23, current=0, key=n3) == 0
+        ring.put_message(0, _sealed_by_peer(n3, 23, 0, bytes(16)))
+        assert lib.wg_open_batch(dp, ring.ptr, 0, 1, lib.wg_now()) == 1
+        assert current_of(dp, 3) == 23
+        assert pop_events(dp) == [(lib.WG_EV_CONFIRMED, 3, 23)]
+
+
 def test_removal_wipes_keys_behaviourally(dp) -> None:
     """After removal the index is unknown and a fresh install under it starts clean
     (new key, counter 0, empty replay window)."""

@@ -19,6 +19,7 @@ from test_dataplane import (  # noqa: F401  (plane_fixture provides `plane`)
     seal,
     udp4,
     until,
+    with_mac1,
 )
 from test_send import ADDRS, Multi, multi_fixture  # noqa: F401  (multi is a fixture)
 
@@ -70,8 +71,9 @@ def test_inner_source_outside_allowed_ips_dropped(plane: Plane) -> None:
 
 
 def test_handshake_messages_become_events(plane: Plane) -> None:
-    msgs = [bytes([1, 0, 0, 0]) + os.urandom(144), bytes([2, 0, 0, 0]) + os.urandom(88),
-            bytes([3, 0, 0, 0]) + os.urandom(60)]
+    msgs = [with_mac1(bytes([1, 0, 0, 0]) + os.urandom(144)),
+            with_mac1(bytes([2, 0, 0, 0]) + os.urandom(88)),
+            bytes([3, 0, 0, 0]) + os.urandom(60)]    # cookie replies carry no MACs
     for m in msgs:
         plane.remote.sendto(m, plane.addr)
     evs = plane.wait_events(lib.WG_EV_HANDSHAKE, 3)
@@ -199,3 +201,31 @@ def test_local_address_reached_becomes_the_sticky_source(multi: Multi, fam: int)
     remote.sendto(bytes([1, 0, 0, 0]) + bytes(144), (b, multi.port(fam)))
     assert until(lambda: any(e[0] == lib.WG_EV_HANDSHAKE and e[3].src == (b, idx)
                              for e in multi.dp.pop_events()))
+
+
+def test_under_load_the_receive_loop_answers_with_a_cookie(plane: Plane) -> None:
+    """Under load, a valid-mac1 initiation without mac2 is answered from C with a cookie reply
+    to its source (XChaCha20-Poly1305 under the cookie key, AAD = its mac1) and never queued;
+    with a mac2 under that cookie, the next one is queued."""
+    import hashlib
+
+    import nacl.bindings as nb
+    from test_dataplane import COOKIE_KEY
+
+    lib.wg_hs_force_load(plane.dp.handle, time.monotonic() + 60)
+    init = with_mac1(bytes([1, 0, 0, 0]) + (0x4242).to_bytes(4, "little") + os.urandom(140))
+    plane.remote.sendto(init, plane.addr)
+    while True:
+        reply = plane.remote.recv(65536)
+        if reply[:1] == b"\x03":
+            break
+    assert len(reply) == 64 and reply[4:8] == (0x4242).to_bytes(4, "little")
+    cookie = nb.crypto_aead_xchacha20poly1305_ietf_decrypt(reply[32:], init[116:132],
+                                                          reply[8:32], COOKIE_KEY)
+    assert len(cookie) == 16 and plane.drops(lib.WG_DROP_COOKIE) == 1
+    assert plane.dp.pop_events() == []
+    again = with_mac1(bytes([1, 0, 0, 0]) + os.urandom(144))
+    again = again[:132] + hashlib.blake2s(again[:132], key=cookie, digest_size=16).digest()
+    plane.remote.sendto(again, plane.addr)
+    evs = plane.wait_events(lib.WG_EV_HANDSHAKE)
+    assert [e[4] for e in evs] == [again]

@@ -77,16 +77,64 @@ def test_no_route_is_counted(plane: Plane) -> None:
 
 
 def test_peer_without_key_stages_and_asks_for_handshake(plane: Plane) -> None:
+    """Packets for a peer without a key stay in C (staging.c), one control flag asks for a
+    handshake; once a keypair exists, a flush sends them in order."""
     plane.app.sendto(b"first", (OTHER_IP, 7))
     plane.app.sendto(b"second", (OTHER_IP, 7))
-    staged = plane.wait_events(lib.WG_EV_STAGE, 2)
-    # Popping took the NEED_HANDSHAKE events out with them: count them from a fresh sample.
-    assert [e[1] for e in staged] == [1, 1]
-    assert [e[4][28:] for e in staged] == [b"first", b"second"]
-    assert all(e[4][16:20] == ipaddress.IPv4Address(OTHER_IP).packed for e in staged)
+    assert until(lambda: plane.dp.staged_count(1) == 2)
     assert plane.dp.want_handshake[1] == 1 and plane.dp.want_handshake[0] == 0
     assert plane.drops(lib.WG_DROP_NO_KEY) == 2
     assert int(plane.dp.tx_bytes[1]) == 0
+    evs = plane.wait_events(lib.WG_EV_NEED_HANDSHAKE)
+    assert [e[1] for e in evs] == [1]
+    # No key yet: a flush keeps them.
+    assert plane.dp.flush_staged(1, time.monotonic()) == 0 and plane.dp.staged_count(1) == 2
+    plane.dp.set_endpoint(1, plane.remote.getsockname())
+    plane.dp.keypair_install(1, 0x7001, 0x7002, plane.send_key, plane.recv_key,
+                             time.monotonic(), initiator=True, current=True)
+    assert plane.dp.flush_staged(1, time.monotonic()) == 2 and plane.dp.staged_count(1) == 0
+    got = [unseal(plane.send_key, plane.recv_remote()) for _ in range(2)]
+    words = (b"first", b"second")
+    assert [(r, c, pt[28:28 + len(w)]) for (r, c, pt), w in zip(got, words, strict=True)] \
+        == [(0x7002, 0, b"first"), (0x7002, 1, b"second")]
+
+
+def test_staging_keeps_the_newest_per_peer(plane: Plane) -> None:
+    """More packets than WG_MAX_STAGED for a keyless peer: the oldest go (counted), and the
+    control flag is still one."""
+    n = lib.WG_MAX_STAGED + 20
+    for k in range(n):
+        plane.app.sendto(k.to_bytes(2, "big"), (OTHER_IP, 7))
+    assert until(lambda: plane.drops(lib.WG_DROP_NO_KEY) == n)
+    assert plane.dp.staged_count(1) == lib.WG_MAX_STAGED
+    assert plane.drops(lib.WG_DROP_STAGED) == 20
+    events = plane.dp.pop_events()
+    assert [(e[0], e[1]) for e in events] == [(lib.WG_EV_NEED_HANDSHAKE, 1)]
+    assert plane.dp.drop_staged(1) == lib.WG_MAX_STAGED and plane.dp.staged_count(1) == 0
+
+
+def test_staged_packets_keep_their_length_across_an_mtu_increase(plane: Plane) -> None:
+    """Staged packets are stored at their own length: raise the MTU, stage a packet above the
+    old one, and it is flushed whole (issue 10, 4d: the event stride truncated it)."""
+    sh("ip", "-n", plane.ns, "link", "set", plane.tun.name, "mtu", "9000")
+    # As the device does on an MTU change: the loops restart with rings for the new MTU.
+    plane.dp.stop()
+    plane.dp.set_mtu(9000)
+    plane.dp.start(plane.tun.fileno(), plane.sock.fileno(), -1)
+    big = bytes(range(256)) * 12          # 3,072 bytes of payload: above 1420 and 2048
+    plane.app.sendto(big, (OTHER_IP, 7))
+    assert until(lambda: plane.dp.staged_count(1) == 1)
+    plane.dp.set_endpoint(1, plane.remote.getsockname())
+    plane.dp.keypair_install(1, 0x7101, 0x7102, plane.send_key, plane.recv_key,
+                             time.monotonic(), initiator=True, current=True)
+    plane.remote.settimeout(5)
+    assert plane.dp.flush_staged(1, time.monotonic()) == 1
+    while True:
+        data = plane.remote.recv(65536)
+        if data[:1] == b"\x04":
+            break
+    _, _, pt = unseal(plane.send_key, data)
+    assert pt[28:28 + len(big)] == big
 
 
 def test_need_handshake_raised_once_per_second(plane: Plane) -> None:
@@ -95,8 +143,8 @@ def test_need_handshake_raised_once_per_second(plane: Plane) -> None:
     assert until(lambda: plane.drops(lib.WG_DROP_NO_KEY) == 5)
     events = plane.dp.pop_events()
     kinds = [(e[0], e[1]) for e in events]
-    assert kinds.count((lib.WG_EV_STAGE, 1)) == 5
-    assert kinds.count((lib.WG_EV_NEED_HANDSHAKE, 1)) == 1
+    assert kinds == [(lib.WG_EV_NEED_HANDSHAKE, 1)]
+    assert plane.dp.staged_count(1) == 5
 
 
 def test_no_endpoint_and_too_big(plane: Plane) -> None:

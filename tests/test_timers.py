@@ -136,3 +136,22 @@ def test_inactive_peers_ignored_and_idle_deadline_infinite():
     assert a.next_deadline == float("inf")
     s.reset(0)
     assert s.handshake_started[0] == 0
+
+
+def test_no_initiation_for_rekey_timeout_after_sending_a_response():
+    """Issue 10, 4b: right after answering an initiation the responder has data but no
+    confirmed key (C asks for a handshake).  The kernel stamps the handshake-sent time when it
+    sends a response, so no initiation of its own starts for REKEY_TIMEOUT."""
+    c, s, rng = setup()
+    # an attempt of ours was in flight when the peer's initiation arrived
+    c.want_handshake[0] = 1
+    evaluate(c, s, T0 - 20, rng)
+    s.response_sent(0, T0)
+    assert s.handshake_started[0] == 0 and s.retry_at[0] == 0
+    c.want_handshake[0] = 1                                   # NO_KEY -> NEED_HANDSHAKE
+    for now in (T0 + 0.01, T0 + 1.0, T0 + 4.9):
+        a = evaluate(c, s, now, rng)
+        assert not a.send_initiation[0]
+        assert a.next_deadline <= T0 + 5.0
+    a = evaluate(c, s, T0 + 5.0, rng)
+    assert a.send_initiation[0] and not a.retry[0]

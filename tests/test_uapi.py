@@ -124,6 +124,9 @@ def test_parse_order_semantics() -> None:
         (["public_key=" + "a" * 64, "endpoint=[1.2.3.4]:80"], errno.EINVAL),
         (["public_key=" + "a" * 64, "endpoint=[::1]80"], errno.EINVAL),
         (["public_key=" + "a" * 64, "endpoint=host.example:80"], errno.EINVAL),
+        # issue 10, 4e: an unknown interface scope is refused while parsing, not half-way
+        # through the apply
+        (["public_key=" + "a" * 64, "endpoint=[fe80::1%nosuchif]:51820"], errno.EINVAL),
         (["public_key=" + "a" * 64, "allowed_ip=10.0.0.0/33"], errno.EINVAL),
         (["public_key=" + "a" * 64, "allowed_ip=::/129"], errno.EINVAL),
         (["public_key=" + "a" * 64, "allowed_ip=10.0.0.0"], errno.EINVAL),

@@ -20,6 +20,8 @@ __all__ = [
     "available_backends",
     "choose_backend",
     "cross_check",
+    "init_handshake_crypto",
+    "check_handshake_crypto",
 ]
 
 # wg_addr as numpy sees it (44 bytes, no padding).
@@ -43,6 +45,61 @@ def init_aead() -> int:
     if _backends_mask is None:
         _backends_mask = lib.wg_aead_init(_sodium.__file__.encode())
     return _backends_mask
+
+
+_hs_mask: int | None = None
+
+
+def init_handshake_crypto() -> int:
+    """Load the handshake intake's crypto once (BLAKE2SMAC from OpenSSL 3, XChaCha20-Poly1305
+    from libsodium); returns the WG_HS_* bits of what loaded."""
+    global _hs_mask
+    if _hs_mask is None:
+        _hs_mask = lib.wg_hs_crypto_init(_sodium.__file__.encode())
+    return _hs_mask
+
+
+def check_handshake_crypto() -> str | None:
+    """Cross-check C's keyed BLAKE2s against hashlib.blake2s and its XChaCha20-Poly1305
+    against PyNaCl's.  Returns None when both agree, else why not (C then leaves the MAC
+    checks to Python, which is slower but correct)."""
+    import hashlib
+
+    from nacl.bindings import crypto_aead_xchacha20poly1305_ietf_encrypt as xenc
+
+    mask = init_handshake_crypto()
+    if not mask & lib.WG_HS_BLAKE2S:
+        return "OpenSSL 3 BLAKE2SMAC (libcrypto.so.3) is not available"
+    if not mask & lib.WG_HS_XCHACHA:
+        return "libsodium XChaCha20-Poly1305 is not available"
+    out = ffi.new("uint8_t[16]")
+    for keylen in (16, 32):
+        for size in (0, 1, 63, 64, 65, 116, 132, 200):
+            key, data = os.urandom(keylen), os.urandom(size)
+            want = hashlib.blake2s(data, key=key, digest_size=16).digest()
+            if lib.wg_blake2s_mac(key, keylen, data, size, out) != 0 or bytes(out) != want:
+                return "C BLAKE2s MAC disagrees with hashlib.blake2s"
+    # XChaCha: a cookie reply made in C must decrypt to a cookie PyNaCl agrees with.
+    dp = lib.wg_dp_new(1, 1, 1420)
+    try:
+        mac1_key, cookie_key = os.urandom(32), os.urandom(32)
+        lib.wg_hs_set_keys(dp, mac1_key, cookie_key)
+        msg = os.urandom(148)
+        src = ffi.new("wg_addr *", {"family": 2, "port": 51820})
+        reply = ffi.new("uint8_t[64]")
+        if lib.wg_hs_cookie_reply(dp, msg, 148, src, 1.0, reply) != 0:
+            return "C could not make a cookie reply"
+        from nacl.bindings import crypto_aead_xchacha20poly1305_ietf_decrypt as xdec
+        r = bytes(reply)
+        try:
+            cookie = xdec(r[32:64], msg[116:132], r[8:32], cookie_key)
+        except Exception:
+            return "C XChaCha20-Poly1305 disagrees with PyNaCl"
+        if xenc(cookie, msg[116:132], r[8:32], cookie_key) != r[32:64]:
+            return "C XChaCha20-Poly1305 disagrees with PyNaCl"
+    finally:
+        lib.wg_dp_free(dp)
+    return None
 
 
 def _view(ptr: object, ctype: str, n: int, dtype: np.dtype | str) -> np.ndarray:
@@ -292,10 +349,14 @@ class DataPlane:
         self.drops = _view(lib.wg_dp_drops(self._dp), "uint8_t *", lib.WG_DROP_NREASONS, "<u8")
         self._addr = ffi.new("wg_addr *")
         self._threads: list[object] = []
+        init_handshake_crypto()
         self._ev_max = 256
         self._evs = ffi.new("wg_event[]", self._ev_max)
-        self._ev_stride = 65536 + 64
+        self._ev_stride = 160           # the largest handshake message is 148 bytes
         self._ev_data = ffi.new("uint8_t[]", self._ev_max * self._ev_stride)
+        self._ctl_peers = ffi.new("uint32_t[]", self._ev_max)
+        self._ctl_flags = ffi.new("uint32_t[]", self._ev_max)
+        self._ctl_conf = ffi.new("uint32_t[]", self._ev_max)
 
     @property
     def handle(self) -> object:
@@ -362,18 +423,80 @@ class DataPlane:
     def eventfd(self) -> int:
         return int(lib.wg_dp_eventfd(self._dp))
 
-    def pop_events(self) -> list[tuple[int, int, int, Sticky | None, bytes]]:
+    def pop_events(self, max_events: int = 1 << 30,
+                   ) -> list[tuple[int, int, int, Sticky | None, bytes]]:
+        """Control events first, then handshake messages, at most max_events of them:
+        (type, peer, receiver, source, data)."""
         out = []
-        while True:
-            n = lib.wg_events_pop(self._dp, self._evs, self._ev_data, self._ev_stride,
-                                  self._ev_max)
+        while len(out) < max_events:
+            want = min(self._ev_max, max_events - len(out))
+            n = lib.wg_events_pop(self._dp, self._evs, self._ev_data, self._ev_stride, want)
             for k in range(n):
                 e = self._evs[k]
                 data = bytes(ffi.buffer(self._ev_data + k * self._ev_stride, e.len))
                 out.append((int(e.type), int(e.peer), int(e.receiver), addr_from_c(e.addr),
                             data))
-            if n < self._ev_max:
-                return out
+            if n < want:
+                break
+        return out
+
+    def collect_control(self, max_peers: int = 256) -> list[tuple[int, int, int]]:
+        """Peers whose control flags C set since the last call: (peer, WG_CTL_* flags,
+        local index C promoted when WG_CTL_CONFIRMED is set).  At most max_peers."""
+        n = lib.wg_ctl_collect(self._dp, self._ctl_peers, self._ctl_flags, self._ctl_conf,
+                               min(max_peers, self._ev_max))
+        return [(int(self._ctl_peers[k]), int(self._ctl_flags[k]), int(self._ctl_conf[k]))
+                for k in range(n)]
+
+    def pop_handshakes(self, max_msgs: int = 64) -> list[tuple[bytes, Sticky | None, bool]]:
+        """Handshake messages that passed C's intake, fairly between sources: (message,
+        source, verified) -- verified False when C could not check the MACs."""
+        n = lib.wg_hs_pop(self._dp, self._evs, self._ev_data, self._ev_stride,
+                          min(max_msgs, self._ev_max))
+        out = []
+        for k in range(n):
+            e = self._evs[k]
+            out.append((bytes(ffi.buffer(self._ev_data + k * self._ev_stride, e.len)),
+                        addr_from_c(e.addr), not (e.receiver & lib.WG_HS_UNVERIFIED)))
+        return out
+
+    def pending(self) -> bool:
+        """Anything left for the control plane (handshakes queued, control flags set)."""
+        return bool(lib.wg_hs_queued(self._dp) or lib.wg_ctl_pending(self._dp))
+
+    def wake(self) -> None:
+        """Make the eventfd readable again (more is waiting than one turn took)."""
+        os.eventfd_write(self.eventfd(), 1)
+
+    # handshake intake
+    def set_handshake_keys(self, mac1_key: bytes | None, cookie_key: bytes | None) -> None:
+        """Our mac1 and cookie keys (cookie.CookieChecker computes them); None = no key."""
+        if mac1_key is None or cookie_key is None:
+            lib.wg_hs_set_keys(self._dp, ffi.NULL, ffi.NULL)
+        else:
+            lib.wg_hs_set_keys(self._dp, mac1_key, cookie_key)
+
+    def under_load(self, now: float) -> bool:
+        return bool(lib.wg_hs_under_load(self._dp, now))
+
+    def receive_handshake(self, msg: bytes, src: Endpoint, now: float) -> int:
+        """Feed one handshake datagram to the intake as the receive loop does (tests)."""
+        addr_to_c(src, self._addr)
+        return int(lib.wg_hs_receive(self._dp, msg, len(msg), self._addr, now))
+
+    # staged packets
+    def stage(self, peer: int, packet: bytes) -> None:
+        if lib.wg_stage_put(self._dp, peer, packet, len(packet)) != 0:
+            raise MemoryError("wg_stage_put failed")
+
+    def flush_staged(self, peer: int, now: float) -> int:
+        return int(lib.wg_stage_flush(self._dp, peer, now))
+
+    def drop_staged(self, peer: int) -> int:
+        return int(lib.wg_stage_drop(self._dp, peer))
+
+    def staged_count(self, peer: int) -> int:
+        return int(lib.wg_stage_count(self._dp, peer))
 
     # I/O
     def send_packet(self, peer: int, packet: bytes, now: float) -> int:

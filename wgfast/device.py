@@ -2,12 +2,13 @@
 C data plane and the control loop that runs the protocol core on its events and timers.
 
 The control loop (asyncio, one thread) wakes for three reasons:
-  - the data plane's eventfd: handshake messages, packets staged for a peer without a key,
-    "this peer needs a handshake", "the responder's keypair was confirmed";
+  - the data plane's eventfd: handshake messages that passed C's intake (mac1, and under load
+    mac2 and the rate limit), and per-peer control flags ("this peer needs a handshake", "the
+    responder's keypair was confirmed"), each taken in a bounded slice per loop turn;
   - a timer deadline computed by timers.evaluate over all peers at once;
   - a UAPI request (wg, wg-quick) or a call from the Python API.
-It never touches a data packet except the few staged ones it hands back to C once a handshake
-completes.
+It never touches a data packet: packets waiting for a session stay in C (staging.c) until it
+asks C to send them.
 """
 
 from __future__ import annotations
@@ -52,8 +53,8 @@ T = TypeVar("T")
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 ZERO_KEY = bytes(32)
 SOCKET_BUFFER = 4 << 20          # UDP socket buffers (forced as root): bursts of 64-packet batches
-UNDER_LOAD_EVENTS = 128          # handshake messages in one wake-up that mean "under load"
-UNDER_LOAD_HOLD = 1.0            # and how long that verdict lasts
+HANDSHAKE_SLICE = 64             # handshake messages handled per loop turn
+CONTROL_SLICE = 1024             # peers' control flags collected per loop turn
 HOUSEKEEPING = 1.0               # MTU, interface and UAPI socket checks
 TUN_TXQUEUELEN = 4096
 SOL_UDP = 17
@@ -175,7 +176,6 @@ class Device:
         self._wake: asyncio.Event | None = None
         self._uapi: UapiServer | None = None
         self._ready = threading.Event()
-        self._load_until = 0.0
         self._ring_mtu = 0
         self._running_dp = False
         self._lock = threading.RLock()
@@ -184,7 +184,7 @@ class Device:
     def open(self) -> None:
         """Create the TUN interface and the data plane, and bind a UDP port (random until the
         user sets one).  The control loop is started by start() or run_forever()."""
-        from wgfast.datapath import choose_backend
+        from wgfast.datapath import check_handshake_crypto, choose_backend
 
         try:
             self.aead_in_use = choose_backend(self.aead_name)
@@ -214,7 +214,14 @@ class Device:
                     break
                 except OSError:
                     continue
+        why = check_handshake_crypto()
+        if why is not None and "disagrees" in why:
+            raise DeviceError(f"handshake crypto self-test failed: {why}")
+        if why is not None:
+            log.warning("%s: handshake MACs are checked in Python (slower under a flood)", why)
         self.dp = DataPlane(self.max_peers, mtu=self.mtu)
+        if self.checker is not None:
+            self.dp.set_handshake_keys(self.checker.mac1_key, self.checker.cookie_key)
         self._clocks = timers.Clocks(want_handshake=self.dp.want_handshake,
                                      active=self.dp.active, **self.dp.clocks)
         try:
@@ -436,11 +443,16 @@ class Device:
         if key == ZERO_KEY:
             self.identity = None
             self.checker = None
+            if self.dp is not None:
+                self.dp.set_handshake_keys(None, None)
         else:
             if self.identity is not None and self.identity.private == key:
                 return
             self.identity = StaticIdentity(key)
             self.checker = CookieChecker(self.identity.public)
+            if self.dp is not None:
+                # C checks mac1 (and under load mac2) before anything reaches Python.
+                self.dp.set_handshake_keys(self.checker.mac1_key, self.checker.cookie_key)
             # Our own public key cannot be a peer (wireguard-go drops it).
             if self.identity.public in self.peers:
                 self._remove_peer(self.identity.public)
@@ -768,7 +780,7 @@ class Device:
                 if peer is not None:
                     log.debug("%s - handshake did not complete after %d seconds, giving up",
                               peer_name(peer.public_key), int(messages.REKEY_ATTEMPT_TIME))
-                    peer.drop_staged()
+                    self.dp.drop_staged(peer.peer_id)
                     peer.abandon_handshake(self.indices)
             for pid in np.flatnonzero(act.zero_keys):
                 peer = self.by_id.get(int(pid))
@@ -807,14 +819,10 @@ class Device:
         if r == lib.WG_DROP_NO_KEY:
             self.dp.want_handshake[peer.peer_id] = 1
 
-    def _send_staged(self, peer: Peer, now: float) -> None:
+    def _send_staged(self, peer: Peer, now: float) -> int:
+        """Send the packets C staged for the peer while it had no session; how many went."""
         assert self.dp is not None
-        staged = peer.take_staged()
-        for i, pkt in enumerate(staged):
-            if self.dp.send_packet(peer.peer_id, pkt, now) == lib.WG_DROP_NO_KEY:
-                for p in staged[i:]:
-                    peer.stage(p)
-                return
+        return self.dp.flush_staged(peer.peer_id, now)
 
     def _install(self, km: KeypairMaterial, evicted: list[int]) -> None:
         assert self.dp is not None
@@ -834,32 +842,34 @@ class Device:
         self.timer_state.session_derived(km.peer_id, now)
 
     def _on_events(self) -> None:
+        """One bounded slice of what C queued: control flags (never dropped), then handshake
+        messages (fair between sources).  What is left waits for the next loop turn, so a
+        flood cannot starve timers or UAPI."""
         assert self.dp is not None
+        with contextlib.suppress(BlockingIOError):
+            os.eventfd_read(self.dp.eventfd())
         now = time.monotonic()
-        events = self.dp.pop_events()
-        n_hs = sum(1 for e in events if e[0] == lib.WG_EV_HANDSHAKE)
-        if n_hs >= UNDER_LOAD_EVENTS:
-            self._load_until = now + UNDER_LOAD_HOLD
-        under_load = now < self._load_until
         want = False
         with self._lock:
-            for etype, pid, receiver, addr, data in events:
+            for pid, flags, confirmed in self.dp.collect_control(CONTROL_SLICE):
                 try:
-                    if etype == lib.WG_EV_HANDSHAKE and addr is not None:
-                        self._on_handshake(data, addr, now, under_load)
-                    elif etype == lib.WG_EV_STAGE:
-                        peer = self.by_id.get(pid)
-                        if peer is not None:
-                            peer.stage(data)
-                            self.dp.want_handshake[pid] = 1
-                            want = True
-                    elif etype == lib.WG_EV_NEED_HANDSHAKE:
+                    if flags & lib.WG_CTL_CONFIRMED:
+                        self._on_confirmed(pid, confirmed, now)
+                    if flags & lib.WG_CTL_NEED_HANDSHAKE:
                         want = True
-                    elif etype == lib.WG_EV_CONFIRMED:
-                        self._on_confirmed(pid, receiver, now)
                 except Exception:     # one bad event must not take the device down
                     self.handshake_drops += 1
-                    log.exception("event %d for peer %d failed", etype, pid)
+                    log.exception("control flags %d for peer %d failed", flags, pid)
+            for data, addr, verified in self.dp.pop_handshakes(HANDSHAKE_SLICE):
+                if addr is None:
+                    continue
+                try:
+                    self._on_handshake(data, addr, now, verified)
+                except Exception:
+                    self.handshake_drops += 1
+                    log.exception("handshake message from %s failed", addr[0])
+        if self.dp.pending():
+            self.dp.wake()
         if want:
             self._kick()
 
@@ -880,7 +890,9 @@ class Device:
             self._send_staged(peer, now)
 
     def _on_handshake(self, data: bytes, addr: tuple[str, int], now: float,
-                      under_load: bool) -> None:
+                      verified: bool = True) -> None:
+        """A handshake message that passed C's intake (handshake_in.c: mac1, and under load
+        mac2 and the rate limit).  Unverified ones (C has no BLAKE2s) are checked here."""
         assert self.dp is not None
         try:
             mtype = messages.message_type(data)
@@ -889,8 +901,6 @@ class Device:
             return
         if self.identity is None or self.checker is None:
             return
-        host, port = addr
-        ip = ipaddress.ip_address(host.partition("%")[0])
         if mtype == messages.MSG_COOKIE_REPLY:
             try:
                 reply = messages.parse_cookie_reply(data)
@@ -901,23 +911,30 @@ class Device:
             if peer is None or not peer.consume_cookie_reply(reply, now):
                 self.handshake_drops += 1
             return
-        src = source_bytes(ip.packed, port)
-        verdict = self.checker.validate(data, src, now, under_load)
-        if verdict is Verdict.DROP:
-            self.handshake_drops += 1
-            return
-        if verdict is Verdict.SEND_COOKIE:
-            log.debug("under load: answering a handshake from %s with a cookie", host)
-            if self.ratelimiter.allow(ip.packed, now):
-                with contextlib.suppress(messages.MessageError):
-                    self._sendto(self.checker.create_reply(data, src, now), addr)
-            return
-        if under_load and not self.ratelimiter.allow(ip.packed, now):
+        if not verified and not self._check_macs(data, addr, now):
             return
         if mtype == messages.MSG_INITIATION:
             self._on_initiation(data, addr, now)
         elif mtype == messages.MSG_RESPONSE:
             self._on_response(data, addr, now)
+
+    def _check_macs(self, data: bytes, addr: tuple[str, int], now: float) -> bool:
+        """The Python twin of C's intake, for when C could not load BLAKE2s."""
+        assert self.dp is not None and self.checker is not None
+        host, port = addr
+        ip = ipaddress.ip_address(host.partition("%")[0])
+        src = source_bytes(ip.packed, port)
+        under_load = self.dp.under_load(now)
+        verdict = self.checker.validate(data, src, now, under_load)
+        if verdict is Verdict.DROP:
+            self.handshake_drops += 1
+            return False
+        if verdict is Verdict.SEND_COOKIE:
+            if self.ratelimiter.allow(ip.packed, now):
+                with contextlib.suppress(messages.MessageError):
+                    self._sendto(self.checker.create_reply(data, src, now), addr)
+            return False
+        return not under_load or self.ratelimiter.allow(ip.packed, now)
 
     def _on_initiation(self, data: bytes, addr: tuple[str, int], now: float) -> None:
         assert self.dp is not None and self.identity is not None
@@ -931,9 +948,10 @@ class Device:
                   peer_name(peer.public_key))
         resp, km, evicted = peer.create_response(self.identity, state, now, self.indices)
         self._new_session(km, evicted, addr, now, tx=len(resp), rx=len(data))
-        # The attempt of ours in flight, if any, was abandoned for this one.
-        self.timer_state.handshake_started[pid] = 0
-        self.timer_state.retry_at[pid] = 0
+        # The attempt of ours in flight, if any, was abandoned for this one; and as the
+        # kernel does, a response counts as a handshake sent: no initiation of our own for
+        # REKEY_TIMEOUT (the initiator's data will confirm this session first).
+        self.timer_state.response_sent(pid, now)
         self._sendto(resp, addr)
 
     def _on_response(self, data: bytes, addr: tuple[str, int], now: float) -> None:
@@ -955,7 +973,5 @@ class Device:
         self.timer_state.handshake_complete(pid, now, now, True)
         self.last_handshake_wall[pid] = time.time()
         # Staged packets confirm the session; with none, a keepalive does (whitepaper 6.5).
-        if peer.staged:
-            self._send_staged(peer, now)
-        else:
+        if not self._send_staged(peer, now):
             self._send_keepalive(peer, now)

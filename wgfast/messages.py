@@ -23,7 +23,8 @@ COOKIE_SECRET_MAX_AGE = 120.0                 # responder rotates its cookie sec
 COOKIE_VALID_FOR = 120.0 - 5.0                # initiator: cookie lifetime minus latency margin
 INITIATIONS_PER_SECOND = 50                   # kernel: per-peer initiation flood limit
 ZERO_KEYS_AFTER = 3 * REJECT_AFTER_TIME       # wipe all key material without a new handshake
-MAX_STAGED_PACKETS = 1024                     # per-peer queue while no key (oldest dropped)
+MAX_STAGED_PACKETS = 128                      # per-peer queue while no key (oldest dropped;
+                                              # the kernel's; C's WG_MAX_STAGED)
 HANDSHAKES_PER_SECOND = 20                    # kernel ratelimiter: packets/s per source
 HANDSHAKES_BURSTABLE = 5
 

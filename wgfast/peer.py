@@ -174,7 +174,7 @@ class Peer:
             indices.free(i)
         return out
 
-    # -- staged packets -----------------------------------------------------------------------
+    # -- staged packets (the device keeps them in C, staging.c; this is the Python twin) -------
     def stage(self, packet: bytes) -> None:
         if len(self.staged) == self.staged.maxlen:
             self.staged_dropped += 1     # deque drops the oldest

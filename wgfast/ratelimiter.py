@@ -1,5 +1,8 @@
 """Per-source token bucket for handshake messages, shaped like the kernel's ratelimiter.
 
+The device applies it in C (csrc/handshake_in.c, the same rules in integer nanoseconds); this
+is the Python twin that C is tested against, and the limiter when C has no BLAKE2SMAC.
+
 20 packets per second per source with a burst of 5; a source is an IPv4 address or an IPv6
 /64 prefix (one host usually owns a whole /64).  Memory is bounded: at most `max_entries`
 sources; entries idle for more than a second are collected (a full bucket carries no state).

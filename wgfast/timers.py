@@ -95,6 +95,15 @@ class TimerState:
         self.last_initiation_sent[i] = now
         self.retry_at[i] = now + REKEY_TIMEOUT + rng.uniform(0.0, REKEY_TIMEOUT_JITTER_MAX)
 
+    def response_sent(self, i: int, now: float) -> None:
+        """We answered an initiation: an attempt of ours in flight is abandoned, and the
+        response counts as a handshake sent (the kernel stamps it), so no initiation of our
+        own starts for REKEY_TIMEOUT -- the initiator's first data confirms the session."""
+        self.handshake_started[i] = 0
+        self.retry_at[i] = 0
+        self.attempts[i] = 0
+        self.last_initiation_sent[i] = now
+
     def session_derived(self, i: int, now: float) -> None:
         """Keys were derived (initiator consumed a response / responder sent one)."""
         self.derived_at[i] = now

@@ -294,6 +294,15 @@ def _peer_line(peer: PeerSet, key: str, value: str, dead: bool) -> None:
             ep = Endpoint.parse(value)
         except ValueError as e:
             raise UapiError(IPC_ERROR_INVALID, str(e)) from None
+        # An interface scope is resolved now, so a set naming an unknown one is refused
+        # whole (EINVAL) before anything is applied.
+        scope = getattr(ep.address, "scope_id", None)
+        if scope and not scope.isdigit():
+            try:
+                socket.if_nametoindex(scope)
+            except OSError:
+                raise UapiError(IPC_ERROR_INVALID,
+                                f"endpoint {value!r}: no interface {scope!r}") from None
         if not dead:
             peer.endpoint = ep
     elif key == "persistent_keepalive_interval":
