@@ -198,7 +198,7 @@ def test_local_address_reached_becomes_the_sticky_source(multi: Multi, fam: int)
         multi.dp.send_packet(0, b"", time.monotonic())
         assert multi.recv(fam)[1] == local
     # Handshake events carry it too, so the control plane answers from there.
-    remote.sendto(bytes([1, 0, 0, 0]) + bytes(144), (b, multi.port(fam)))
+    remote.sendto(with_mac1(bytes([1, 0, 0, 0]) + bytes(144)), (b, multi.port(fam)))
     assert until(lambda: any(e[0] == lib.WG_EV_HANDSHAKE and e[3].src == (b, idx)
                              for e in multi.dp.pop_events()))
 

@@ -17,8 +17,10 @@ from dataclasses import dataclass
 import pytest
 from conftest import inet_csum, sh
 from test_dataplane import (  # noqa: F401  (plane is a fixture)
+    COOKIE_KEY,
     LOCAL,
     LOCAL_INDEX,
+    MAC1_KEY,
     OTHER_IP,
     PEER_IP,
     REMOTE_INDEX,
@@ -244,6 +246,7 @@ def multi_fixture() -> Iterator[Multi]:
         for s in (r4, r6):
             s.settimeout(5)
         dp = DataPlane(max_peers=4, mtu=1420)
+        dp.set_handshake_keys(MAC1_KEY, COOKIE_KEY)      # handshake intake checks mac1 in C
         send_key, recv_key = os.urandom(32), os.urandom(32)
         dp.peer_add(0)
         dp.aip_insert(0, ipaddress.ip_network(f"{PEER_IP}/32"))
