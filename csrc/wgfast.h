@@ -37,7 +37,8 @@
 #define WG_DROP_IO           14     /* the socket or TUN write failed */
 #define WG_DROP_HANDSHAKE    15     /* a handshake message: handed to Python as an event */
 #define WG_DROP_EVENTS_FULL  16     /* the event ring to Python was full */
-#define WG_DROP_NREASONS     17
+#define WG_DROP_LOOP         17     /* our own message to a peer, routed back into its tunnel */
+#define WG_DROP_NREASONS     18
 
 /* ---- protocol limits the data plane enforces (whitepaper 6.1) ------------------------ */
 #define WG_REKEY_AFTER_MESSAGES   1152921504606846976ULL   /* 2^60 */
