@@ -186,18 +186,11 @@ def test_wg_over_wg(topo: Topology, impls: tuple) -> None:
 # --------------------------------------------------------------------------- routing loop
 
 
-def test_routing_loop_through_the_tunnel_is_dropped(tunnel: Tunnel) -> None:
-    """The peer's endpoint is moved to an address routed into the tunnel to that same peer:
-    each sealed message comes back through the TUN as a packet for the peer.  The kernel
-    drops such a packet (the route to the endpoint leads to the device itself); the daemon
-    must too, instead of sealing it again forever (1-2 cores busy, the TUN queue full).
-    Not run with wireguard-go as `a`: 0.0.20220316 loops (about two cores busy)."""
-    topo, a, b = tunnel.topo, tunnel.a, tunnel.b
-    assert topo.a.wait_ping(INNER4[1])
-    a.set("peer", b.public_key, "endpoint", f"{INNER4[1]}:51821")
+def _loop_is_cut(topo: Topology, a: WireGuard, dest: str) -> None:
+    """Ping `dest` into a loop: no reply, the daemon alive, not spinning, the TUN quiet."""
     s0 = link_stats(topo.a, a.iface)
     c0, t0 = a.cpu_seconds(), time.monotonic()
-    out = flood_ping(topo.a, INNER4[1], 10, wait=1)
+    out = flood_ping(topo.a, dest, 10, wait=1)
     assert _received(out) == 0, out
     time.sleep(2)
     cpu, wall = a.cpu_seconds() - c0, time.monotonic() - t0
@@ -207,10 +200,61 @@ def test_routing_loop_through_the_tunnel_is_dropped(tunnel: Tunnel) -> None:
     assert s1[3] - s0[3] <= 100, (s0, s1)
     assert cpu < 0.5 * wall, f"{cpu:.2f} CPU seconds in {wall:.2f} s: the daemon spins"
     assert a.alive(), a.log()
-    assert b.public_key in a.dump().peers
+    a.dump()
+
+
+LOOPS = [("wgfast", "wgfast", 4), ("wgfast", "wgfast", 6), ("wgfast", "wireguard-go", 4)]
+
+
+@pytest.mark.parametrize(("a_impl", "b_impl", "family"), LOOPS,
+                         ids=[f"{SHORT[a]}-{SHORT[b]}-{f}" for a, b, f in LOOPS])
+def test_routing_loop_through_the_tunnel_is_dropped(topo: Topology, a_impl: str, b_impl: str,
+                                                    family: int) -> None:
+    """The peer's endpoint is moved to an address routed into the tunnel to that same peer:
+    each sealed message comes back through the TUN as a packet for the peer.  The kernel
+    drops such a packet (the route to the endpoint leads to the device itself); the daemon
+    must too, instead of sealing it again forever (1-2 cores busy, the TUN queue full).
+    Not run with wireguard-go as `a`: 0.0.20220316 loops (about two cores busy)."""
+    tun = make_tunnel(topo, require_impl(a_impl), require_impl(b_impl))
+    a, b = tun.a, tun.b
+    inner = INNER4 if family == 4 else INNER6
+    ep = f"{INNER4[1]}:51821" if family == 4 else f"[{INNER6[1]}]:51821"
+    assert topo.a.wait_ping(inner[1])
+    a.set("peer", b.public_key, "endpoint", ep)
+    _loop_is_cut(topo, a, inner[1])
+    assert a.endpoints() == {b.public_key: ep}
     # The tunnel works again once the endpoint is put back.
     a.set("peer", b.public_key, "endpoint", "10.200.0.2:51821")
+    assert topo.a.wait_ping(inner[1])
+    for d in tun.pair:
+        assert d.alive(), d.log()
+
+
+def test_onion_routing_and_its_loop(topo: Topology) -> None:
+    """netns.sh: one device, a second peer whose endpoint lies behind the first peer (its
+    messages go through the first peer's tunnel: not a loop), then that second peer's endpoint
+    moved into its own allowed IPs (a loop, cut)."""
+    impl = require_impl("wgfast")
+    tun = make_tunnel(topo, impl, impl)
+    a, b = tun.a, tun.b
     assert topo.a.wait_ping(INNER4[1])
+    key3 = genkey()
+    pub3 = pubkey(key3)
+    onion = ("10.205.0.1", "10.205.0.2")
+    a.set("peer", pub3, "allowed-ips", f"{onion[1]}/32", "endpoint", f"{INNER4[1]}:51835")
+    topo.a.run(["ip", "addr", "add", f"{onion[0]}/24", "dev", a.iface])
+    c = start_wireguard(topo.b, impl, conf={
+        "private_key": key3, "listen_port": 51835,
+        "peers": [{"public_key": a.public_key, "allowed_ips": f"{onion[0]}/32"}]},
+        address4=f"{onion[1]}/24")
+    assert topo.a.ping(onion[1], count=2, interval=0.1).received == 2
+    assert c.endpoints() == {a.public_key: f"{INNER4[0]}:51820"}
+    c.stop()
+    a.set("peer", pub3, "endpoint", f"{onion[1]}:51835")
+    _loop_is_cut(topo, a, onion[1])
+    a.set("peer", pub3, "remove")
+    assert topo.a.ping(INNER4[1], count=2, interval=0.1).received == 2
+    assert b.alive(), b.log()
 
 
 # --------------------------------------------------------------------------- ICMP errors
