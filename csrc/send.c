@@ -9,7 +9,9 @@
  *      a super-packet with more segments than free slots (a small MSS) fills the batch and
  *      its remaining segments start the next one;
  *   2. under the configuration lock, map each packet's destination address to a peer through
- *      the allowed-IPs trie (no owner: counted drop WG_DROP_NO_ROUTE);
+ *      the allowed-IPs trie (no owner: counted drop WG_DROP_NO_ROUTE); one of our own UDP
+ *      messages to that peer's endpoint, routed back into its tunnel, is a routing loop
+ *      (counted drop WG_DROP_LOOP);
  *   3. wg_seal_batch pads, numbers and seals every packet in place under its peer's current
  *      keypair; a peer without a usable keypair gets its packets staged in C (staging.c, at
  *      most WG_MAX_STAGED per peer) and a handshake requested; Python flushes them
@@ -22,9 +24,10 @@
  *      kernel splits as late as it can;
  *   5. the per-peer clocks and byte counters are stamped once per peer per batch.
  *
- * The control plane sends keepalives (and wg_stage_flush staged packets) with wg_send_packet, which takes the
- * same path (steps 3-5) for one packet.  With WG_THREADS_PIPELINE, steps 1-2 stay on this
- * thread and steps 3-5 run on a second one (wg_pipe), each batch in a ring of its own.
+ * The control plane sends keepalives (and wg_stage_flush staged packets) with wg_send_packet,
+ * which takes the same path (steps 3-5) for one packet.  With WG_THREADS_PIPELINE, steps 1-2
+ * stay on this thread and steps 3-5 run on a second one (wg_pipe), each batch in a ring of its
+ * own.
  */
 #include "io.h"
 
@@ -102,6 +105,45 @@ static const uint8_t *inner_dst(const uint8_t *p, uint32_t len, int *family)
         return p + 24;
     }
     return NULL;
+}
+
+/* Whether the IP packet p (family fam), which the allowed IPs give to a peer with endpoint
+ * ep, is a UDP datagram from our own socket to that endpoint: one of our messages that the
+ * route to the endpoint led back into the tunnel to the same peer.  Sealed again, it would come
+ * back again, a little bigger, forever (the kernel drops these: the route leads to the device
+ * itself).  Other peers' endpoints may lie behind a peer (onion routing): only a message to
+ * this very peer is a loop.  Called under the configuration lock. */
+static int routed_into_itself(const wg_dp *dp, const uint8_t *p, uint32_t len, int fam,
+                              const wg_addr *ep)
+{
+    const uint8_t *udp, *dst;
+    if (ep->family != fam)
+        return 0;
+    if (fam == AF_INET) {
+        uint32_t ihl = (p[0] & 15u) * 4;
+        /* UDP, and the first fragment (the one with the ports) */
+        if (p[9] != 17 || ihl < 20 || len < ihl + 8 || ((p[6] & 0x1f) | p[7]))
+            return 0;
+        udp = p + ihl;
+        dst = p + 16;
+    } else {
+        if (p[6] != 17 || len < 48)
+            return 0;
+        udp = p + 40;
+        dst = p + 24;
+    }
+    if (((uint32_t)udp[2] << 8 | udp[3]) != ep->port ||
+        memcmp(dst, ep->addr, fam == AF_INET ? 4 : 16))
+        return 0;
+    /* Rare from here on (traffic to the peer's own endpoint): ask the socket for its port. */
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    int fd = fam == AF_INET ? dp->udp4_fd : dp->udp6_fd;
+    if (fd < 0 || getsockname(fd, (struct sockaddr *)&ss, &sl) != 0)
+        return 0;
+    uint16_t own = fam == AF_INET ? ((struct sockaddr_in *)&ss)->sin_port
+                                  : ((struct sockaddr_in6 *)&ss)->sin6_port;
+    return ntohs(own) == ((uint32_t)udp[0] << 8 | udp[1]);
 }
 
 /* Send tb->msgs[0, nm) (built from ring r).  A message whose sticky source the kernel refuses
@@ -411,6 +453,10 @@ int wg_run_send(wg_dp *dp)
             }
             if (r->len[i] > dp->mtu) {
                 wg_drop(dp, WG_DROP_TOO_BIG, 1);
+                continue;
+            }
+            if (routed_into_itself(dp, p, r->len[i], fam, &dp->endpoints[peer])) {
+                wg_drop(dp, WG_DROP_LOOP, 1);
                 continue;
             }
             /* Keyed but nowhere to send: drop before a counter is spent on it.  Without a

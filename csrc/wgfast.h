@@ -41,7 +41,8 @@
 #define WG_DROP_COOKIE       18     /* under load without a valid mac2: answered with a cookie */
 #define WG_DROP_RATELIMIT    19     /* under load, over its source's 20/s handshake budget */
 #define WG_DROP_STAGED       20     /* a staged packet pushed out by newer ones (or unsendable) */
-#define WG_DROP_NREASONS     21
+#define WG_DROP_LOOP         21     /* our own message to a peer, routed back into its tunnel */
+#define WG_DROP_NREASONS     22
 
 /* ---- protocol limits the data plane enforces (whitepaper 6.1) ------------------------ */
 #define WG_REKEY_AFTER_MESSAGES   1152921504606846976ULL   /* 2^60 */

@@ -408,3 +408,33 @@ def test_small_mss_super_packets_cross_whole() -> None:
         assert int(dp.drops[lib.WG_DROP_TOO_BIG]) == 0
         assert int(dp.drops[lib.WG_DROP_BAD_INNER]) == 0
         assert len(stream) == size and bytes(stream) == data
+
+
+def test_own_message_routed_back_into_its_tunnel_is_a_loop(plane: Plane) -> None:
+    """The peer's endpoint lies inside its own allowed IPs: what we send to it comes back
+    through the TUN as a UDP datagram from our port to the endpoint.  It is dropped, counted,
+    instead of being sealed again (and again)."""
+    import socket
+
+    from wgfast.netns import inside
+
+    port = plane.addr[1]
+    with inside(plane.ns):
+        ours = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)   # our port, on the TUN's side
+    try:
+        ours.bind(("10.66.0.1", port))
+        plane.dp.set_endpoint(0, (PEER_IP, 9999))
+        ours.sendto(b"\x04\0\0\0looping", (PEER_IP, 9999))
+        assert until(lambda: plane.drops(lib.WG_DROP_LOOP) == 1)
+        # Not a loop: from our port to another port of the peer, or to the endpoint from
+        # another port; both are sealed as usual.
+        plane.dp.set_endpoint(0, plane.remote.getsockname())
+        ours.sendto(b"other port", (PEER_IP, 9998))
+        _, _, pt = unseal(plane.send_key, plane.recv_remote())
+        assert pt[28:38] == b"other port"
+        plane.app.sendto(b"app", (PEER_IP, 9999))
+        _, _, pt = unseal(plane.send_key, plane.recv_remote())
+        assert pt[28:31] == b"app"
+        assert plane.drops(lib.WG_DROP_LOOP) == 1
+    finally:
+        ours.close()
