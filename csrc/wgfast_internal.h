@@ -50,6 +50,7 @@ struct wg_dp {
     wg_addr  *endpoints;                /* max_peers */
     int32_t  *current;                  /* peer -> keypair slot it sends with, -1 = none */
     double   *last_need_event;          /* rate-limits WG_EV_NEED_HANDSHAKE per peer */
+    uint64_t *roams;                    /* max_peers: endpoint moved by authenticated data */
 
     struct wg_keypair *keypairs;        /* max_keypairs slots */
     uint32_t *kp_hash;                  /* open addressing: local index -> slot + 1, 0 empty */
@@ -58,6 +59,7 @@ struct wg_dp {
     struct wg_aip *aip4, *aip6;
 
     uint64_t drops[WG_DROP_NREASONS];     /* __atomic builtins */
+    uint64_t batches[2][WG_BATCH_STRIDE]; /* __atomic builtins; see wg_dp_batches */
 
     /* Event ring to Python, guarded by ev_lock (events are rare: handshakes, staging). */
     pthread_mutex_t ev_lock;
@@ -82,6 +84,7 @@ struct wg_keypair *wg_kp_current(wg_dp *dp, uint32_t peer);
 
 /* dataplane.c */
 void wg_drop(wg_dp *dp, int reason, uint32_t n);
+void wg_count_batch(wg_dp *dp, int dir, uint32_t n);   /* once per batch of n packets */
 /* Queue an event for Python; returns 0, or -1 when the ring is full (counted). */
 int  wg_ev_push(wg_dp *dp, uint32_t type, uint32_t peer, uint32_t receiver,
                 const wg_addr *addr, const uint8_t *data, uint32_t len);

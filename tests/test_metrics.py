@@ -1,0 +1,169 @@
+"""wgfast.metrics: a real HTTP GET against wgfast-daemon --metrics while traffic flows through a
+tunnel between two namespaces; the counters move by exactly the bytes sent; every drop reason
+and handshake outcome is there; no private or preshared key ever appears.  Address parsing."""
+
+from __future__ import annotations
+
+import base64
+import socket
+import urllib.request
+
+import pytest
+from conftest import require_impl
+from prometheus_client.parser import text_string_to_metric_families
+
+from wgfast.datapath import DROP_REASONS
+from wgfast.metrics import HANDSHAKE_OUTCOMES, LatencyHistogram, parse_address
+from wgfast.netns import INNER4, WGFAST, Implementation, Topology, inside, key_to_hex, make_tunnel
+
+METRICS_PORT = 9586
+WGFAST_METRICS = Implementation("wgfast-metrics", WGFAST.argv,
+                                env={"WGFAST_METRICS": f"127.0.0.1:{METRICS_PORT}"})
+
+
+def scrape(ns: str, port: int = METRICS_PORT) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """GET /metrics from inside namespace ns; samples by name."""
+    with inside(ns):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            assert r.status == 200
+            text = r.read().decode()
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out.setdefault(s.name, []).append((s.labels, s.value))
+    out["__text__"] = [({"text": text}, 0.0)]
+    return out
+
+
+def value(m: dict, name: str, **labels: str) -> float:
+    hits = [v for lab, v in m.get(name, []) if all(lab.get(k) == x for k, x in labels.items())]
+    assert len(hits) == 1, (name, labels, m.get(name))
+    return hits[0]
+
+
+def send_udp(ns: str, dest: str, n: int, size: int) -> None:
+    with inside(ns):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for _ in range(n):
+                s.sendto(b"m" * size, (dest, 9))
+
+
+@pytest.fixture
+def tunnel(topo: Topology):
+    require_impl("wgfast")
+    tun = make_tunnel(topo, WGFAST_METRICS, WGFAST_METRICS)
+    assert topo.a.wait_ping(INNER4[1]), "no traffic through the tunnel"
+    yield tun
+    for d in tun.pair:
+        assert d.alive(), d.log()
+
+
+def test_scrape_counts_the_bytes_sent(tunnel, topo: Topology) -> None:
+    a, b = tunnel.pair
+    pub_a = a.public_key
+    pub_b = b.public_key
+    before_a, before_b = scrape(topo.a.name), scrape(topo.b.name)
+    lab_b = {"interface": a.iface, "public_key": pub_b}
+    lab_a = {"interface": b.iface, "public_key": pub_a}
+    assert value(before_a, "wireguard_latest_handshake_seconds", **lab_b) > 0
+    assert value(before_a, "wgfast_peer_handshakes_total", **lab_b) >= 1
+    tx0 = value(before_a, "wireguard_sent_bytes_total", **lab_b)
+    rx0 = value(before_b, "wireguard_received_bytes_total", **lab_a)
+
+    n, size = 20, 1000
+    send_udp(topo.a.name, INNER4[1], n, size)
+    # The receiver has counted them all once its TUN shows them (a ping after the burst is
+    # answered only after the burst went through in order).
+    assert topo.a.wait_ping(INNER4[1])
+    after_a, after_b = scrape(topo.a.name), scrape(topo.b.name)
+    # Each datagram: 20 + 8 + 1000 bytes of IP, padded to 16, + 16 header + 16 tag.
+    per = 16 + (20 + 8 + size + 15) // 16 * 16 + 16
+    ping = 16 + (20 + 8 + 56 + 15) // 16 * 16 + 16      # the request that followed
+    dtx = value(after_a, "wireguard_sent_bytes_total", **lab_b) - tx0
+    drx = value(after_b, "wireguard_received_bytes_total", **lab_a) - rx0
+    for d in (dtx, drx):
+        # Anything else on the wire since the first scrape is a 32-byte keepalive.
+        assert d >= n * per + ping and (d - n * per - ping) % 32 == 0, (d, n * per)
+    assert value(after_a, "wireguard_received_bytes_total", **lab_b) > \
+        value(before_a, "wireguard_received_bytes_total", **lab_b)
+    # The same numbers `wg` reads through the UAPI socket (the sender is quiet now).
+    dump = a.dump()
+    assert value(after_a, "wireguard_sent_bytes_total", **lab_b) <= \
+        dump.peers[pub_b].tx_bytes
+
+    # allowed_ips as the exporter labels them.
+    allowed = [lab["allowed_ips"] for lab, _ in after_a["wireguard_sent_bytes_total"]]
+    assert allowed == ["10.201.0.2/32,fd00:201::2/128"]
+    # Batch histograms moved; every batch holds at least one packet.
+    assert value(after_a, "wgfast_tun_batch_packets_count", interface=a.iface) >= 1
+    assert value(after_a, "wgfast_tun_batch_packets_sum", interface=a.iface) >= n
+    assert value(after_b, "wgfast_udp_batch_datagrams_count", interface=b.iface) >= 1
+    assert value(after_b, "wgfast_udp_batch_datagrams_sum", interface=b.iface) >= n
+    assert value(after_a, "wgfast_tun_batch_packets_bucket", interface=a.iface, le="+Inf") == \
+        value(after_a, "wgfast_tun_batch_packets_count", interface=a.iface)
+    # The initiator timed a round trip; the responder accepted an initiation.
+    assert value(after_a, "wgfast_handshake_rtt_seconds_count", interface=a.iface) >= 1
+    assert value(after_b, "wgfast_handshake_messages_total", interface=b.iface,
+                 outcome="accepted") >= 1
+    info = [lab for lab, _ in after_a["wgfast_device_info"]]
+    assert info[0]["aead"] and info[0]["interface"] == a.iface
+
+
+def test_every_reason_and_outcome_and_no_secret(tunnel, topo: Topology) -> None:
+    a, _ = tunnel.pair
+    m = scrape(topo.a.name)
+    reasons = {lab["reason"] for lab, _ in m["wgfast_drops_total"]}
+    assert reasons == set(DROP_REASONS.values()) and len(reasons) == 16
+    outcomes = {lab["outcome"] for lab, _ in m["wgfast_handshake_messages_total"]}
+    assert outcomes == set(HANDSHAKE_OUTCOMES)
+    for name in ("wgfast_events_pending", "wgfast_staged_packets", "wgfast_under_load",
+                 "wgfast_peers"):
+        assert value(m, name, interface=a.iface) >= 0
+    assert value(m, "wgfast_under_load", interface=a.iface) == 0
+    text = m["__text__"][0][0]["text"]
+    conf = a.showconf()
+    secrets = [line.split("=", 1)[1].strip() for line in conf.splitlines()
+               if line.startswith(("PrivateKey", "PresharedKey"))]
+    assert len(secrets) == 2
+    for k in secrets:
+        assert k not in text and key_to_hex(k) not in text
+        assert base64.b64decode(k).hex() not in text
+
+
+def test_garbage_shows_up_as_a_drop(tunnel, topo: Topology) -> None:
+    a, b = tunnel.pair
+    before = value(scrape(topo.b.name), "wgfast_drops_total", interface=b.iface, reason="type")
+    with inside(topo.a.name):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for _ in range(5):
+                s.sendto(b"\x09" + bytes(40), (topo.b.addr4, 51821))
+    assert topo.a.wait_ping(INNER4[1])
+    after = value(scrape(topo.b.name), "wgfast_drops_total", interface=b.iface, reason="type")
+    assert after - before == 5
+
+
+@pytest.mark.parametrize("text,want", [
+    ("127.0.0.1:9100", ("127.0.0.1", 9100)),
+    ("[::1]:9100", ("::1", 9100)),
+    ("0.0.0.0", ("0.0.0.0", 9586)),
+    ("[::]", ("::", 9586)),
+    ("::1", ("::1", 9586)),
+    ("localhost:0", ("localhost", 0)),
+])
+def test_parse_address(text: str, want: tuple[str, int]) -> None:
+    assert parse_address(text) == want
+
+
+@pytest.mark.parametrize("text", [":9586", "", "example.com:80", "1.2.3.4:99999", "[::1",
+                                  "[::1]x", "1.2.3.4:port"])
+def test_parse_address_refuses(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_address(text)
+
+
+def test_latency_histogram_buckets() -> None:
+    h = LatencyHistogram((0.01, 0.1))
+    for s in (0.005, 0.05, 0.05, 3.0, -1.0):
+        h.observe(s)
+    assert h.cumulative() == [("0.01", 1.0), ("0.1", 3.0), ("+Inf", 4.0)]
+    assert h.sum == pytest.approx(3.105)
