@@ -186,6 +186,11 @@ class DeviceCollector:
             for p in s.peers:
                 fam.add_metric([s.interface, p.public_key, p.allowed_ips], getattr(p, attr))
             yield fam
+        ep = InfoMetricFamily("wgfast_peer", "The peer's current endpoint",
+                              labels=["interface", "public_key"])
+        for p in s.peers:
+            ep.add_metric([s.interface, p.public_key], {"endpoint": p.endpoint})
+        yield ep
         ifl = ["interface"]
         yield _gauge(GaugeMetricFamily, "wgfast_peers", "Configured peers", s.interface,
                      len(s.peers))
