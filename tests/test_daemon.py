@@ -410,3 +410,40 @@ def _handshakes(ns: str, iface: str, public_key: str) -> float:
 
     return value(scrape(ns), "wgfast_peer_handshakes_total", interface=iface,
                  public_key=public_key)
+
+
+# ---- --metrics --------------------------------------------------------------------------------
+
+@needs_root
+def test_metrics_flag_serves_in_the_daemons_namespace(ns: str, iface: str) -> None:
+    import urllib.request
+
+    from wgfast.netns import inside
+
+    proc = subprocess.Popen(["ip", "netns", "exec", ns, *DAEMON, "-f", "--metrics",
+                             "127.0.0.1:9587", iface], cwd=ROOT, env=env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert until(lambda: sock_live(iface) or proc.poll() is not None, 15)
+        with inside(ns):
+            with urllib.request.urlopen("http://127.0.0.1:9587/metrics", timeout=10) as r:
+                text = r.read().decode()
+        assert f'wgfast_peers{{interface="{iface}"}} 0.0' in text
+        # A second daemon cannot take the same port: a clear error, and nothing left behind.
+        other = iface[:-1] + ("x" if iface[-1] != "x" else "y")
+        r2 = subprocess.run(["ip", "netns", "exec", ns, *DAEMON, "-f", "--metrics=127.0.0.1:9587",
+                             other], cwd=ROOT, env=env(), capture_output=True, text=True,
+                            timeout=30)
+        assert r2.returncode == 1 and "cannot serve metrics" in r2.stderr
+        assert "Traceback" not in r2.stderr and not link_exists(ns, other)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=15)
+    assert proc.returncode == 0
+
+
+@pytest.mark.parametrize("value", ["nonsense", ":9586", "1.2.3.4:99999"])
+def test_bad_metrics_address_is_refused(value: str) -> None:
+    r = subprocess.run([*DAEMON, "-f", "--metrics", value, "h6never1"], cwd=ROOT, env=env(),
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1 and "--metrics" in r.stderr and "Traceback" not in r.stderr

@@ -167,3 +167,31 @@ def test_latency_histogram_buckets() -> None:
         h.observe(s)
     assert h.cumulative() == [("0.01", 1.0), ("0.1", 3.0), ("+Inf", 4.0)]
     assert h.sum == pytest.approx(3.105)
+
+
+def test_python_api_metrics_and_serve_metrics() -> None:
+    """Device.metrics() and Device.serve_metrics() on in-process devices: the HTTP thread
+    scrapes while the control loop runs in its own."""
+    from test_device import UNDER, pair, ping
+
+    with pair() as (a, b):
+        a.dev.add_peer(b.me.public, endpoint=f"{UNDER[1]}:{b.dev.listen_port}",
+                       allowed_ips=["10.66.2.2/32"])
+        b.dev.add_peer(a.me.public, allowed_ips=["10.66.2.1/32"])
+        assert ping(a.ns, "10.66.2.2").returncode == 0
+        pub = base64.b64encode(b.me.public).decode()
+        text = a.dev.metrics()
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        [sent] = families["wireguard_sent_bytes"].samples
+        assert sent.labels == {"interface": a.dev.name, "public_key": pub,
+                               "allowed_ips": "10.66.2.2/32"}
+        assert 0 < sent.value <= a.dev.stats()[0].tx_bytes
+        url = a.dev.serve_metrics("127.0.0.1:0")
+        with urllib.request.urlopen(url, timeout=10) as r:
+            served = r.read().decode()
+        assert f'public_key="{pub}"' in served and "wgfast_drops_total" in served
+        assert a.me.private.hex() not in served
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+    # close() took the endpoint down with the device.
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5)
