@@ -195,3 +195,33 @@ def test_python_api_metrics_and_serve_metrics() -> None:
     # close() took the endpoint down with the device.
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5)
+
+
+def test_roaming_and_handshake_timeouts(tunnel, topo: Topology) -> None:
+    from test_dataplane import until
+
+    from wgfast.netns import genkey, pubkey
+
+    a, b = tunnel.pair
+    on_b = {"interface": b.iface, "public_key": a.public_key}
+    assert value(scrape(topo.b.name), "wgfast_peer_endpoint_changes_total", **on_b) == 0
+    a.set("listen-port", "51830")            # a NAT rebinding: same session, new source port
+    assert topo.a.wait_ping(INNER4[1])
+    m = scrape(topo.b.name)
+    assert value(m, "wgfast_peer_endpoint_changes_total", **on_b) == 1
+    assert value(m, "wgfast_peer_handshakes_total", **on_b) == 1       # no new handshake
+    assert b.endpoints()[a.public_key] == "10.200.0.1:51830"
+
+    # A peer that never answers: each initiation without a response counts, once.
+    ghost = pubkey(genkey())
+    a.set("peer", ghost, "endpoint", f"{topo.b.addr4}:9", "allowed-ips", "10.99.0.0/24")
+    topo.a.run(["ip", "route", "add", "10.99.0.0/24", "dev", a.iface])
+    topo.a.ping("10.99.0.1", count=1, wait=1)
+    on_a = {"interface": a.iface, "public_key": ghost}
+    assert until(lambda: value(scrape(topo.a.name), "wgfast_peer_handshake_timeouts_total",
+                               **on_a) >= 1, 20)
+    m = scrape(topo.a.name)
+    assert value(m, "wgfast_peer_handshakes_total", **on_a) == 0
+    assert value(m, "wireguard_latest_handshake_seconds", **on_a) == 0
+    assert value(m, "wgfast_peer_handshake_timeouts_total", interface=a.iface,
+                 public_key=b.public_key) == 0
