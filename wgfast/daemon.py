@@ -29,7 +29,8 @@ from wgfast import __version__, systemd
 if TYPE_CHECKING:
     from wgfast.device import Device
 
-USAGE = "Usage: wgfast-daemon [-f/--foreground] [--metrics ADDR:PORT] INTERFACE-NAME"
+USAGE = ("Usage: wgfast-daemon [-f/--foreground] INTERFACE-NAME\n"
+         "       wgfast-daemon [-f/--foreground] --metrics ADDR:PORT INTERFACE-NAME")
 STATUS_EVERY = 5.0          # seconds between STATUS= updates to systemd
 RECENT_HANDSHAKE = 180.0    # a handshake younger than this counts as "up" in STATUS=
 
