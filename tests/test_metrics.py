@@ -5,6 +5,7 @@ and handshake outcome is there; no private or preshared key ever appears.  Addre
 from __future__ import annotations
 
 import base64
+import os
 import socket
 import urllib.request
 
@@ -101,6 +102,11 @@ def test_scrape_counts_the_bytes_sent(tunnel, topo: Topology) -> None:
     assert value(after_b, "wgfast_udp_batch_datagrams_sum", interface=b.iface) >= n
     assert value(after_a, "wgfast_tun_batch_packets_bucket", interface=a.iface, le="+Inf") == \
         value(after_a, "wgfast_tun_batch_packets_count", interface=a.iface)
+    # Cumulative buckets; the lone ping requests were batches of one.
+    les = [v for lab, v in after_a["wgfast_tun_batch_packets_bucket"]]
+    assert les == sorted(les) and les[0] >= 1
+    assert [lab["le"] for lab, _ in after_a["wgfast_tun_batch_packets_bucket"]] == \
+        ["1", "2", "4", "8", "16", "32", "64", "128", "256", "512", "+Inf"]
     # The initiator timed a round trip; the responder accepted an initiation.
     assert value(after_a, "wgfast_handshake_rtt_seconds_count", interface=a.iface) >= 1
     assert value(after_b, "wgfast_handshake_messages_total", interface=b.iface,
@@ -140,6 +146,19 @@ def test_garbage_shows_up_as_a_drop(tunnel, topo: Topology) -> None:
     assert topo.a.wait_ping(INNER4[1])
     after = value(scrape(topo.b.name), "wgfast_drops_total", interface=b.iface, reason="type")
     assert after - before == 5
+    # Initiations (type 1, 148 bytes) whose mac1 is wrong: counted by outcome.
+    m = scrape(topo.b.name)
+    bad0 = value(m, "wgfast_handshake_messages_total", interface=b.iface, outcome="bad_mac1")
+    with inside(topo.a.name):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for _ in range(3):
+                s.sendto(b"\x01\0\0\0" + os.urandom(144), (topo.b.addr4, 51821))
+    assert topo.a.wait_ping(INNER4[1])
+    m = scrape(topo.b.name)
+    assert value(m, "wgfast_handshake_messages_total", interface=b.iface,
+                 outcome="bad_mac1") - bad0 == 3
+    assert value(m, "wgfast_handshake_messages_total", interface=b.iface,
+                 outcome="rejected") == 0
 
 
 @pytest.mark.parametrize("text,want", [

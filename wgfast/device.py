@@ -597,8 +597,6 @@ class Device:
     def serve_metrics(self, address: str) -> str:
         """Serve metrics over HTTP at ADDR:PORT (port 0 = any free one) until close();
         returns the URL."""
-        from wgfast.metrics import MetricsServer
-
         if self._metrics_server is not None:
             self._metrics_server.close()
         self._metrics_server = MetricsServer(self, address)
@@ -912,8 +910,8 @@ class Device:
             return
         if verdict is Verdict.SEND_COOKIE:
             log.debug("under load: answering a handshake from %s with a cookie", host)
-            self.handshake_outcomes["cookie_sent"] += 1
             if self.ratelimiter.allow(ip.packed, now):
+                self.handshake_outcomes["cookie_sent"] += 1
                 with contextlib.suppress(messages.MessageError):
                     self._sendto(self.checker.create_reply(data, src, now), addr)
             return
