@@ -244,3 +244,29 @@ def test_roaming_and_handshake_timeouts(tunnel, topo: Topology) -> None:
     assert value(m, "wireguard_latest_handshake_seconds", **on_a) == 0
     assert value(m, "wgfast_peer_handshake_timeouts_total", interface=a.iface,
                  public_key=b.public_key) == 0
+
+
+def test_scrapes_during_traffic_only_ever_rise(tunnel, topo: Topology) -> None:
+    """Scrapes from another thread while the data plane is busy: consistent, monotonic."""
+    import threading
+
+    a, b = tunnel.pair
+    lab = {"interface": a.iface, "public_key": b.public_key}
+    stop = threading.Event()
+
+    def flood() -> None:
+        with inside(topo.a.name):
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                while not stop.is_set():
+                    for _ in range(200):
+                        s.sendto(b"f" * 1200, (INNER4[1], 9))
+
+    t = threading.Thread(target=flood)
+    t.start()
+    try:
+        seen = [value(scrape(topo.a.name), "wireguard_sent_bytes_total", **lab)
+                for _ in range(15)]
+    finally:
+        stop.set()
+        t.join(10)
+    assert seen == sorted(seen) and seen[-1] > seen[0]
