@@ -9,7 +9,8 @@ setup(
     package_data={"wgfast": ["flooder.c"]},     # compiled by wgfast.flood for tests/bench
     setup_requires=["cffi>=1.15"],
     cffi_modules=["csrc/build.py:ffibuilder"],
-    install_requires=["cffi>=1.15", "pynacl>=1.5", "numpy>=1.24"],
+    install_requires=["cffi>=1.15", "pynacl>=1.5", "numpy>=1.24", "prometheus-client>=0.17",
+                      "rich>=13"],
     extras_require={
         "test": ["pytest>=7", "pytest-benchmark>=4", "hypothesis>=6", "ruff", "noiseprotocol>=0.3"],
         "bench": ["matplotlib>=3.6"],

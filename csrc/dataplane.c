@@ -52,6 +52,7 @@ wg_dp *wg_dp_new(uint32_t max_peers, uint32_t max_keypairs, uint32_t mtu)
     dp->endpoints = zalloc(max_peers * sizeof(wg_addr));
     dp->current = zalloc(max_peers * sizeof(int32_t));
     dp->last_need_event = zalloc(max_peers * sizeof(double));
+    dp->roams = zalloc(max_peers * sizeof(uint64_t));
 
     dp->keypairs = zalloc((size_t)max_keypairs * sizeof(struct wg_keypair));
     uint32_t hs = 16;
@@ -72,8 +73,8 @@ wg_dp *wg_dp_new(uint32_t max_peers, uint32_t max_keypairs, uint32_t mtu)
     if (!c->last_data_sent || !c->last_data_recv || !c->last_auth_sent || !c->last_auth_recv ||
         !c->pending_data_sent || !c->pending_data_recv || !c->tx_bytes || !c->rx_bytes ||
         !c->want_handshake || !c->active || !dp->endpoints || !dp->current ||
-        !dp->last_need_event || !dp->keypairs || !dp->kp_hash || !dp->aip4 || !dp->aip6 ||
-        !dp->hs || !dp->side || dp->evfd < 0 || dp->stop_fd < 0) {
+        !dp->last_need_event || !dp->roams || !dp->keypairs || !dp->kp_hash || !dp->aip4 ||
+        !dp->aip6 || !dp->hs || !dp->side || dp->evfd < 0 || dp->stop_fd < 0) {
         wg_dp_free(dp);
         return NULL;
     }
@@ -93,7 +94,7 @@ void wg_dp_free(wg_dp *dp)
     free(c->last_auth_sent); free(c->last_auth_recv);
     free(c->pending_data_sent); free(c->pending_data_recv);
     free(c->tx_bytes); free(c->rx_bytes); free(c->want_handshake); free(c->active);
-    free(dp->endpoints); free(dp->current); free(dp->last_need_event);
+    free(dp->endpoints); free(dp->current); free(dp->last_need_event); free(dp->roams);
     if (dp->keypairs) {
         /* No key bytes outlive the data plane. */
         explicit_bzero(dp->keypairs, (size_t)dp->max_keypairs * sizeof(struct wg_keypair));
@@ -112,6 +113,22 @@ void wg_dp_free(wg_dp *dp)
 
 wg_peer_clocks *wg_dp_clocks(wg_dp *dp) { return &dp->clocks; }
 uint64_t *wg_dp_drops(wg_dp *dp) { return (uint64_t *)dp->drops; }
+uint64_t *wg_dp_batches(wg_dp *dp) { return &dp->batches[0][0]; }
+uint64_t *wg_dp_roams(wg_dp *dp) { return dp->roams; }
+
+void wg_count_batch(wg_dp *dp, int dir, uint32_t n)
+{
+    uint32_t b = 0;
+    while (b < WG_BATCH_BUCKETS - 1 && (1u << b) < n)
+        b++;
+    __atomic_fetch_add(&dp->batches[dir][b], 1, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&dp->batches[dir][WG_BATCH_BUCKETS], n, __ATOMIC_RELAXED);
+}
+
+uint32_t wg_events_pending(wg_dp *dp)
+{
+    return wg_hs_queued(dp);       /* control flags cannot back up: only the handshake queue */
+}
 
 void wg_dp_set_mtu(wg_dp *dp, uint32_t mtu)
 {
@@ -135,6 +152,7 @@ static void peer_clear(wg_dp *dp, uint32_t p)
     c->tx_bytes[p] = c->rx_bytes[p] = 0;
     c->want_handshake[p] = 0;
     dp->last_need_event[p] = 0;
+    dp->roams[p] = 0;
     memset(&dp->endpoints[p], 0, sizeof(wg_addr));
     dp->current[p] = -1;
     if (dp->side)

@@ -164,8 +164,11 @@ static void check_and_stamp(wg_dp *dp, wg_ring *r, uint32_t n, double now)
     if (moved) {
         pthread_rwlock_wrlock(&dp->lock);
         for (uint32_t k = 0; k < nseen; k++)
-            if (dp->clocks.active[seen[k].peer])
+            if (dp->clocks.active[seen[k].peer]) {
+                if (!wg_addr_equal(&dp->endpoints[seen[k].peer], &seen[k].addr))
+                    dp->roams[seen[k].peer]++;          /* under the write lock */
                 dp->endpoints[seen[k].peer] = seen[k].addr;
+            }
         pthread_rwlock_unlock(&dp->lock);
     }
 }
@@ -286,6 +289,7 @@ static void open_stage(void *ctx, wg_ring *r, uint32_t n)
 /* Steps 2-6 for slots [0, n) here, or on stage 2; the ring to fill next. */
 static wg_ring *hand_on(wg_dp *dp, wg_pipe *pipe, wg_ring *r, uint32_t n, struct rxbatch *rb)
 {
+    wg_count_batch(dp, WG_BATCH_UDP, n);
     if (!pipe) {
         process(dp, r, n, rb);
         return r;

@@ -424,6 +424,7 @@ int wg_run_send(wg_dp *dp)
             fails = 0;
         if (!n)
             continue;
+        wg_count_batch(dp, WG_BATCH_TUN, n);
 
         /* Step 2: route every packet under one read lock; segments of one super-packet share
          * their destination, so the last answer is reused. */

@@ -154,6 +154,18 @@ wg_dp          *wg_dp_new(uint32_t max_peers, uint32_t max_keypairs, uint32_t mt
 void            wg_dp_free(wg_dp *dp);
 wg_peer_clocks *wg_dp_clocks(wg_dp *dp);
 uint64_t       *wg_dp_drops(wg_dp *dp);                 /* WG_DROP_NREASONS counters */
+/* Batch sizes, for metrics: counted once per batch the loops process, never per packet.
+ * For each of WG_BATCH_TUN (packets read from the TUN, after segmentation) and WG_BATCH_UDP
+ * (datagrams handed to one receive pass), WG_BATCH_STRIDE counters: [b] for b < 10 = batches
+ * of at most 2^b packets (and more than 2^(b-1)), [10] = larger ones, [11] = packets summed. */
+#define WG_BATCH_TUN       0
+#define WG_BATCH_UDP       1
+#define WG_BATCH_BUCKETS   11
+#define WG_BATCH_STRIDE    12
+uint64_t       *wg_dp_batches(wg_dp *dp);               /* 2 * WG_BATCH_STRIDE counters */
+uint32_t        wg_events_pending(wg_dp *dp);           /* events waiting for Python */
+/* max_peers counters: times authenticated data moved a peer's endpoint (roaming). */
+uint64_t       *wg_dp_roams(wg_dp *dp);
 void            wg_dp_set_mtu(wg_dp *dp, uint32_t mtu);
 
 /* Peers.  Python allocates ids in [0, max_peers). */

@@ -52,6 +52,7 @@ struct wg_dp {
     wg_addr  *endpoints;                /* max_peers */
     int32_t  *current;                  /* peer -> keypair slot it sends with, -1 = none */
     double   *last_need_event;          /* rate-limits WG_EV_NEED_HANDSHAKE per peer */
+    uint64_t *roams;                    /* max_peers: endpoint moved by authenticated data */
 
     struct wg_keypair *keypairs;        /* max_keypairs slots */
     uint32_t *kp_hash;                  /* open addressing: local index -> slot + 1, 0 empty */
@@ -60,6 +61,7 @@ struct wg_dp {
     struct wg_aip *aip4, *aip6;
 
     uint64_t drops[WG_DROP_NREASONS];     /* __atomic builtins */
+    uint64_t batches[2][WG_BATCH_STRIDE]; /* __atomic builtins; see wg_dp_batches */
 
     uint64_t kp_seq;                    /* last wg_keypair.seq handed out (under lock) */
 
@@ -85,6 +87,7 @@ struct wg_keypair *wg_kp_current(wg_dp *dp, uint32_t peer);
 
 /* dataplane.c */
 void wg_drop(wg_dp *dp, int reason, uint32_t n);
+void wg_count_batch(wg_dp *dp, int dir, uint32_t n);   /* once per batch of n packets */
 /* Make the eventfd readable: something is waiting for Python. */
 void wg_dp_wake(wg_dp *dp);
 /* Ask Python for a handshake (WG_CTL_NEED_HANDSHAKE): at once when none is pending, else at

@@ -20,6 +20,17 @@ from conftest import needs_tun
 from test_dataplane import netns, until
 
 from wgfast import daemon
+from wgfast.netns import (
+    UNDERLAY4,
+    WGFAST,
+    Host,
+    Implementation,
+    Topology,
+    genkey,
+    pubkey,
+    start_wireguard,
+    wrapper_script,
+)
 from wgfast.uapi import SOCKET_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -306,3 +317,133 @@ def test_named_aead_backend_is_used(ns: str, iface: str) -> None:
     out, err = proc.communicate(timeout=15)
     assert proc.returncode == 0
     assert "libsodium" in err
+
+
+# ---- live reload through wg-quick -------------------------------------------------------------
+
+def _transfer(host: Host, iface: str) -> dict[str, tuple[int, int, int]]:
+    """public key -> (latest handshake, rx, tx) as `wg show dump` gives them."""
+    out = host.run(["wg", "show", iface, "dump"]).stdout.splitlines()[1:]
+    return {f[0]: (int(f[4]), int(f[5]), int(f[6])) for f in (line.split("\t") for line in out)}
+
+
+def _kept(before: tuple[int, int, int], after: tuple[int, int, int]) -> bool:
+    """The same session and counters: the handshake time is the same and the counters only
+    grew by keepalives (32 bytes each; a passive keepalive may fall in between)."""
+    return (after[0] == before[0] and after[1] >= before[1] and after[2] >= before[2]
+            and (after[1] - before[1]) % 32 == 0 and (after[2] - before[2]) % 32 == 0)
+
+
+@needs_root
+def test_wg_quick_syncconf_keeps_unchanged_peers_and_save_round_trips(topo: Topology) -> None:
+    """Two peers (b, c) behind wg-quick on a; change c's allowed IPs in the file and run what
+    `systemctl reload wg-quick@` runs: b keeps its session and counters, c gets its new
+    routes.  `wg-quick save` then writes a file that changes nothing when synced back."""
+    ka, kb, kc = genkey(), genkey(), genkey()
+    iface = topo.new_iface_name(topo.a)
+    peers = {}
+    for key, port, addr, route in ((kb, 51821, "10.201.0.2", "10.201.0.1/32"),
+                                   (kc, 51822, "10.202.0.3", "10.202.0.1/32")):
+        peers[key] = start_wireguard(topo.b, WGFAST, conf={
+            "private_key": key, "listen_port": port,
+            "peers": [{"public_key": pubkey(ka), "allowed_ips": [route]}],
+        }, address4=f"{addr}/32", routes=[route])
+    b, c = peers[kb], peers[kc]
+    conf = topo.tmpdir / f"{iface}.conf"
+    text = ("[Interface]\n"
+            f"PrivateKey = {ka}\nListenPort = 51820\n"
+            "Address = 10.201.0.1/24, 10.202.0.1/24\n\n"
+            f"[Peer]\nPublicKey = {b.public_key}\nEndpoint = {UNDERLAY4[1]}:51821\n"
+            "AllowedIPs = 10.201.0.2/32\n\n"
+            f"[Peer]\nPublicKey = {c.public_key}\nEndpoint = {UNDERLAY4[1]}:51822\n"
+            "AllowedIPs = 10.202.0.3/32\n")
+    conf.write_text(text)
+    conf.chmod(0o600)
+    impl = Implementation("wgfast", WGFAST.argv, env={"WGFAST_METRICS": "127.0.0.1:9586"})
+    env_q = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+             "WG_QUICK_USERSPACE_IMPLEMENTATION": str(wrapper_script(impl, topo.tmpdir))}
+    up = topo.a.run(["wg-quick", "up", str(conf)], check=False, env=env_q, timeout=30)
+    assert up.returncode == 0, up.stderr
+    try:
+        assert topo.a.wait_ping("10.201.0.2") and topo.a.wait_ping("10.202.0.3")
+        topo.a.ping("10.201.0.2", count=5, interval=0.05)
+        handshakes = _handshakes(topo.a.name, iface, b.public_key)
+        before = _transfer(topo.a, iface)
+        assert before[b.public_key][0] > 0 and before[b.public_key][2] > 0
+
+        conf.write_text(text.replace("AllowedIPs = 10.202.0.3/32",
+                                     "AllowedIPs = 10.202.0.3/32, 10.203.0.0/24"))
+        sync = topo.a.run(["bash", "-c", f"wg syncconf {iface} <(wg-quick strip {conf})"],
+                          check=False, env=env_q)
+        assert sync.returncode == 0, sync.stderr
+        after = _transfer(topo.a, iface)
+        assert _kept(before[b.public_key], after[b.public_key]), (before, after)
+        assert _handshakes(topo.a.name, iface, b.public_key) == handshakes
+        allowed = topo.a.run(["wg", "show", iface, "allowed-ips"]).stdout
+        assert "10.203.0.0/24" in allowed and "10.202.0.3/32" in allowed
+        assert topo.a.wait_ping("10.201.0.2") and topo.a.wait_ping("10.202.0.3")
+        assert _handshakes(topo.a.name, iface, b.public_key) == handshakes
+
+        # wg-quick save: the running state back into the file, which syncs as a no-op.
+        save = topo.a.run(["wg-quick", "save", str(conf)], check=False, env=env_q)
+        assert save.returncode == 0, save.stderr
+        saved = conf.read_text()
+        assert f"PrivateKey = {ka}" in saved and "Address = 10.201.0.1/24" in saved
+        assert "10.203.0.0/24" in saved and saved.count("[Peer]") == 2
+        shown = topo.a.run(["wg", "showconf", iface]).stdout
+        before = _transfer(topo.a, iface)
+        sync = topo.a.run(["bash", "-c", f"wg syncconf {iface} <(wg-quick strip {conf})"],
+                          check=False, env=env_q)
+        assert sync.returncode == 0, sync.stderr
+        assert topo.a.run(["wg", "showconf", iface]).stdout == shown
+        after = _transfer(topo.a, iface)
+        for key in (b.public_key, c.public_key):
+            assert _kept(before[key], after[key]), (key, before, after)
+    finally:
+        down = topo.a.run(["wg-quick", "down", str(conf)], check=False, env=env_q, timeout=30)
+    assert down.returncode == 0, down.stderr
+
+
+def _handshakes(ns: str, iface: str, public_key: str) -> float:
+    """Handshakes completed with one peer, from the daemon's metrics."""
+    from test_metrics import scrape, value
+
+    return value(scrape(ns), "wgfast_peer_handshakes_total", interface=iface,
+                 public_key=public_key)
+
+
+# ---- --metrics --------------------------------------------------------------------------------
+
+@needs_root
+def test_metrics_flag_serves_in_the_daemons_namespace(ns: str, iface: str) -> None:
+    import urllib.request
+
+    from wgfast.netns import inside
+
+    proc = subprocess.Popen(["ip", "netns", "exec", ns, *DAEMON, "-f", "--metrics",
+                             "127.0.0.1:9587", iface], cwd=ROOT, env=env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert until(lambda: sock_live(iface) or proc.poll() is not None, 15)
+        with inside(ns):
+            with urllib.request.urlopen("http://127.0.0.1:9587/metrics", timeout=10) as r:
+                text = r.read().decode()
+        assert f'wgfast_peers{{interface="{iface}"}} 0.0' in text
+        # A second daemon cannot take the same port: a clear error, and nothing left behind.
+        other = iface[:-1] + ("x" if iface[-1] != "x" else "y")
+        r2 = subprocess.run(["ip", "netns", "exec", ns, *DAEMON, "-f", "--metrics=127.0.0.1:9587",
+                             other], cwd=ROOT, env=env(), capture_output=True, text=True,
+                            timeout=30)
+        assert r2.returncode == 1 and "cannot serve metrics" in r2.stderr
+        assert "Traceback" not in r2.stderr and not link_exists(ns, other)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=15)
+    assert proc.returncode == 0
+
+
+@pytest.mark.parametrize("value", ["nonsense", ":9586", "1.2.3.4:99999"])
+def test_bad_metrics_address_is_refused(value: str) -> None:
+    r = subprocess.run([*DAEMON, "-f", "--metrics", value, "h6never1"], cwd=ROOT, env=env(),
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1 and "--metrics" in r.stderr and "Traceback" not in r.stderr

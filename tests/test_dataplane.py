@@ -329,3 +329,24 @@ def test_stop_ends_loops_and_resume_allows_new_ones(plane: Plane) -> None:
     time.sleep(0.2)
     assert int(dp.rx_bytes[0]) == rx
     lib.wg_dp_resume(dp.handle)
+
+
+def test_batch_and_event_counters(plane: Plane) -> None:
+    """wg_dp_batches counts each received datagram once, in whatever batches it came, and
+    wg_events_pending is the handshake queue Python has not popped yet (messages that passed
+    C's mac1 check)."""
+    udp = plane.dp.batches[lib.WG_BATCH_UDP]
+    before_sum, before_n = int(udp[lib.WG_BATCH_BUCKETS]), int(udp[:lib.WG_BATCH_BUCKETS].sum())
+    plane.dp.pop_events()
+    sender = plane.udp_socket()
+    try:
+        for k in range(5):
+            sender.sendto(with_mac1((bytes([1, 0, 0, 0]) + k.to_bytes(4, "big")).ljust(148, b"\0")),
+                          plane.addr)
+        assert until(lambda: plane.dp.events_pending() == 5)
+    finally:
+        sender.close()
+    assert int(udp[lib.WG_BATCH_BUCKETS]) - before_sum == 5
+    batches = int(udp[:lib.WG_BATCH_BUCKETS].sum()) - before_n
+    assert 1 <= batches <= 5
+    assert len(plane.dp.pop_events()) == 5 and plane.dp.events_pending() == 0

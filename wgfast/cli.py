@@ -1,4 +1,4 @@
-"""The `wgfast` console script: `wgfast demo` and `wgfast bench`."""
+"""The `wgfast` console script: `wgfast demo`, `wgfast bench` and `wgfast top`."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ micro-benchmarks: python3 -m pytest bench --benchmark-only (in the source tree)"
 
 
 def main(argv: list[str] | None = None) -> int:
-    from wgfast import __version__, benchreport, demo
+    from wgfast import __version__, benchreport, demo, top
 
     p = argparse.ArgumentParser(
         prog="wgfast", description="Userspace WireGuard for Linux: demo and benchmark tools.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"wgfast {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{demo,bench}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{demo,bench,top}")
     d = sub.add_parser(
         "demo", help="bring up a tunnel between two namespaces and show it working",
         description="Create two network namespaces joined by veth, start a WireGuard daemon in "
@@ -36,6 +36,14 @@ def main(argv: list[str] | None = None) -> int:
                     "Needs root and iperf3.")
     benchreport.add_arguments(b)
     b.set_defaults(func=benchreport.run)
+    t = sub.add_parser(
+        "top", help="live view of a daemon's peers: rates, handshakes, endpoints, drops",
+        description="Refresh every second a table of each peer of a running wgfast-daemon (or "
+                    "any wireguard-go compatible daemon): rx/tx rate and totals, handshake age, "
+                    "endpoint, allowed IPs; with --metrics URL also drops by reason. Reads the "
+                    "UAPI socket (root) or the daemon's metrics endpoint (no root). Ctrl-C quits.")
+    top.add_arguments(t)
+    t.set_defaults(func=top.run)
     args = p.parse_args(argv)
     return int(args.func(args))
 

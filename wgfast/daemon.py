@@ -1,24 +1,38 @@
 """wgfast-daemon: the wireguard-go compatible command line.
 
-    wgfast-daemon [-f|--foreground] INTERFACE
+    wgfast-daemon [-f|--foreground] [--metrics ADDR:PORT] INTERFACE
 
 It creates the TUN interface INTERFACE and the UAPI socket /var/run/wireguard/INTERFACE.sock,
 then runs the tunnel until SIGINT/SIGTERM or until the interface is deleted.  Without -f (and
 without WG_PROCESS_FOREGROUND=1) it detaches, and the parent exits only once the interface and
 the socket are ready, so `wg-quick` can configure it the moment the command returns.  LOG_LEVEL
 is verbose (or debug), error, or silent, as for wireguard-go.
+
+--metrics ADDR:PORT (or WGFAST_METRICS=ADDR:PORT, which passes through wg-quick) serves
+Prometheus metrics over HTTP there; off unless asked.  Under systemd (Type=notify) the process
+that serves the interface sends READY=1 once the UAPI socket answers, a STATUS= line with the
+peers and their handshakes every few seconds, and STOPPING=1 on its way out.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
 import sys
+import time
+from typing import TYPE_CHECKING
 
-from wgfast import __version__
+from wgfast import __version__, systemd
 
-USAGE = "Usage: wgfast-daemon [-f/--foreground] INTERFACE-NAME"
+if TYPE_CHECKING:
+    from wgfast.device import Device
+
+USAGE = ("Usage: wgfast-daemon [-f/--foreground] INTERFACE-NAME\n"
+         "       wgfast-daemon [-f/--foreground] --metrics ADDR:PORT INTERFACE-NAME")
+STATUS_EVERY = 5.0          # seconds between STATUS= updates to systemd
+RECENT_HANDSHAKE = 180.0    # a handshake younger than this counts as "up" in STATUS=
 
 
 def _log_level() -> int:
@@ -41,12 +55,20 @@ def _max_peers() -> int:
     return min(max(n, 1), 1 << 20)
 
 
-def _parse(argv: list[str]) -> tuple[bool, str] | None:
+def _parse(argv: list[str]) -> tuple[bool, str, str | None] | None:
     foreground = False
+    metrics = os.environ.get("WGFAST_METRICS") or None
     names = []
-    for a in argv:
+    args = iter(argv)
+    for a in args:
         if a in ("-f", "--foreground"):
             foreground = True
+        elif a == "--metrics":
+            metrics = next(args, None)
+            if metrics is None:
+                return None
+        elif a.startswith("--metrics="):
+            metrics = a.partition("=")[2]
         elif a.startswith("-"):
             return None
         else:
@@ -55,10 +77,22 @@ def _parse(argv: list[str]) -> tuple[bool, str] | None:
         return None
     if os.environ.get("WG_PROCESS_FOREGROUND") == "1":
         foreground = True
-    return foreground, names[0]
+    return foreground, names[0], metrics
 
 
-def _run(name: str, ready_fd: int | None) -> int:
+def status_line(dev: Device) -> str:
+    """STATUS= for systemd: peers, how many had a recent handshake, and the byte counters."""
+    assert dev.dp is not None
+    ids = [p.peer_id for p in dev.peers.values()]
+    now = time.time()
+    recent = sum(1 for i in ids if now - float(dev.last_handshake_wall[i]) < RECENT_HANDSHAKE)
+    rx = int(sum(int(dev.dp.rx_bytes[i]) for i in ids))
+    tx = int(sum(int(dev.dp.tx_bytes[i]) for i in ids))
+    return (f"{len(ids)} peer{'s' if len(ids) != 1 else ''}, {recent} with a handshake in the "
+            f"last {int(RECENT_HANDSHAKE // 60)} min, rx {rx} B, tx {tx} B")
+
+
+def _run(name: str, ready_fd: int | None, metrics: str | None = None) -> int:
     from wgfast.device import Device, DeviceError
 
     log = logging.getLogger("wgfast")
@@ -77,6 +111,8 @@ def _run(name: str, ready_fd: int | None) -> int:
         # Only now can wg-quick configure the interface: the UAPI socket answers.
         nonlocal started
         started = True
+        systemd.notify("READY=1", f"MAINPID={os.getpid()}", f"STATUS={status_line(dev)}")
+        _status_every(asyncio.get_running_loop(), dev, "")
         if ready_fd is not None:
             os.write(ready_fd, b"K")
             os.close(ready_fd)
@@ -88,6 +124,13 @@ def _run(name: str, ready_fd: int | None) -> int:
         dev.open()
     except (DeviceError, OSError) as e:
         return fail(e)
+    if metrics:
+        # Bound before the UAPI socket answers, so a taken port fails the start.
+        try:
+            log.info("metrics at %s", dev.serve_metrics(metrics))
+        except (OSError, ValueError) as e:
+            dev.close()
+            return fail(OSError(f"cannot serve metrics at {metrics}: {e}"))
     try:
         dev.run_forever(stop_signals=(signal.SIGINT, signal.SIGTERM), on_ready=ready)
     except (DeviceError, OSError) as e:
@@ -98,9 +141,22 @@ def _run(name: str, ready_fd: int | None) -> int:
         dev.close()
         return fail(e)
     finally:
+        if started:
+            systemd.notify("STOPPING=1")
         dev.close()
     log.info("interface %s shut down", name)
     return 0
+
+
+def _status_every(loop: asyncio.AbstractEventLoop, dev: Device, last: str) -> None:
+    """Tell systemd the status when it changed, then again in STATUS_EVERY seconds (runs in
+    the control loop: reads the counters in place)."""
+    if systemd.notify_address() is None:
+        return
+    line = status_line(dev)
+    if line != last:
+        systemd.notify(f"STATUS={line}")
+    loop.call_later(STATUS_EVERY, _status_every, loop, dev, line)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,7 +170,15 @@ def main(argv: list[str] | None = None) -> int:
         # As wireguard-go: the usage line on stdout, and exit status 0.
         print(USAGE)
         return 0
-    foreground, name = parsed
+    foreground, name, metrics = parsed
+    if metrics:
+        from wgfast.metrics import parse_address
+
+        try:
+            parse_address(metrics)
+        except ValueError as e:
+            print(f"wgfast-daemon: --metrics {e}", file=sys.stderr)
+            return 1
     if os.geteuid() != 0:
         print("wgfast-daemon: must run as root (it creates a TUN interface)", file=sys.stderr)
         return 1
@@ -124,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     if foreground:
-        return _run(name, None)
+        return _run(name, None, metrics)
 
     # Detach before anything starts a thread: fork, new session, and the parent waits for the
     # child to report that the interface and the UAPI socket exist.
@@ -153,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     if not os.environ.get("LOG_LEVEL") or _log_level() > logging.ERROR:
         os.dup2(devnull, 1)
         os.dup2(devnull, 2)
-    os._exit(_run(name, w))
+    os._exit(_run(name, w, metrics))
 
 
 if __name__ == "__main__":

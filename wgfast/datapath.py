@@ -102,6 +102,12 @@ def check_handshake_crypto() -> str | None:
     return None
 
 
+# The data plane's drop counters by index, named as in csrc/wgfast.h (WG_DROP_NO_ROUTE ->
+# "no_route"): what Device.drops() and the metrics report.
+DROP_REASONS: dict[int, str] = {getattr(lib, n): n[len("WG_DROP_"):].lower() for n in dir(lib)
+                                if n.startswith("WG_DROP_") and n != "WG_DROP_NREASONS"}
+
+
 def _view(ptr: object, ctype: str, n: int, dtype: np.dtype | str) -> np.ndarray:
     """A numpy array over C memory: no copy, lives as long as the C allocation."""
     dt = np.dtype(dtype)
@@ -347,6 +353,10 @@ class DataPlane:
         self.want_handshake = _view(c.want_handshake, "uint8_t *", max_peers, "u1")
         self.active = _view(c.active, "uint8_t *", max_peers, "u1")
         self.drops = _view(lib.wg_dp_drops(self._dp), "uint8_t *", lib.WG_DROP_NREASONS, "<u8")
+        # Batch-size counters (rows WG_BATCH_TUN/UDP) and per-peer roaming counts, for metrics.
+        self.batches = _view(lib.wg_dp_batches(self._dp), "uint8_t *", 2 * lib.WG_BATCH_STRIDE,
+                             "<u8").reshape(2, lib.WG_BATCH_STRIDE)
+        self.roams = _view(lib.wg_dp_roams(self._dp), "uint8_t *", max_peers, "<u8")
         self._addr = ffi.new("wg_addr *")
         self._threads: list[object] = []
         init_handshake_crypto()
@@ -422,6 +432,9 @@ class DataPlane:
     # events
     def eventfd(self) -> int:
         return int(lib.wg_dp_eventfd(self._dp))
+
+    def events_pending(self) -> int:
+        return int(lib.wg_events_pending(self._dp))
 
     def pop_events(self, max_events: int = 1 << 30,
                    ) -> list[tuple[int, int, int, Sticky | None, bytes]]:

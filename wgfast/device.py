@@ -33,6 +33,7 @@ import numpy as np
 from wgfast import messages, timers
 from wgfast.cookie import CookieChecker, Verdict, source_bytes
 from wgfast.datapath import DataPlane, lib
+from wgfast.metrics import LatencyHistogram, MetricsServer
 from wgfast.noise import StaticIdentity
 from wgfast.peer import IndexTable, KeypairMaterial, Peer, consume_initiation
 from wgfast.ratelimiter import RateLimiter
@@ -168,6 +169,13 @@ class Device:
         self.last_handshake_wall = np.zeros(max_peers)
         self.rng = np.random.default_rng()
         self.handshake_drops = 0
+        # Read by wgfast.metrics at scrape time; each bumped once per handshake event.
+        self.handshakes_completed = np.zeros(max_peers, dtype=np.uint64)
+        self.handshake_timeouts = np.zeros(max_peers, dtype=np.uint64)
+        self.handshake_outcomes = dict.fromkeys(
+            ("accepted", "bad_mac1", "cookie_sent", "rate_limited"), 0)
+        self.handshake_rtt = LatencyHistogram()
+        self._initiation_sent = np.zeros(max_peers)
         self._free_ids = list(range(max_peers - 1, -1, -1))
         self._clocks: timers.Clocks | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -233,6 +241,9 @@ class Device:
 
     def close(self) -> None:
         """Stop everything and remove the interface (idempotent)."""
+        if self._metrics_server is not None:
+            self._metrics_server.close()
+            self._metrics_server = None
         if self._loop is not None and self._loop_thread is not None:
             self.stop()
         if self.dp is not None and self._running_dp:
@@ -415,6 +426,7 @@ class Device:
         self.dp.peer_add(pid)
         self.timer_state.reset(pid)
         self.last_handshake_wall[pid] = 0
+        self.handshakes_completed[pid] = self.handshake_timeouts[pid] = 0
         return peer
 
     def _remove_peer(self, public_key: bytes) -> None:
@@ -618,6 +630,22 @@ class Device:
         out["handshake_rejected"] = self.handshake_drops
         return out
 
+    def metrics(self) -> str:
+        """The Prometheus text exposition of this device's counters (see wgfast.metrics)."""
+        from wgfast.metrics import exposition
+
+        return exposition(self)
+
+    def serve_metrics(self, address: str) -> str:
+        """Serve metrics over HTTP at ADDR:PORT (port 0 = any free one) until close();
+        returns the URL."""
+        if self._metrics_server is not None:
+            self._metrics_server.close()
+        self._metrics_server = MetricsServer(self, address)
+        return self._metrics_server.url
+
+    _metrics_server: MetricsServer | None = None
+
     # ---- cross-thread calls -------------------------------------------------------------------
     def _call(self, fn: Callable[[], T]) -> T:
         loop = self._loop
@@ -775,6 +803,7 @@ class Device:
         now = time.monotonic()
         with self._lock:
             act = timers.evaluate(self._clocks, self.timer_state, now, self.rng)
+            self.handshake_timeouts += act.retry | act.give_up     # no response in time
             for pid in np.flatnonzero(act.give_up):
                 peer = self.by_id.get(int(pid))
                 if peer is not None:
@@ -812,6 +841,7 @@ class Device:
         log.debug("%s - sending handshake initiation", peer_name(peer.public_key))
         if self._sendto(msg, ep):
             self.dp.add_bytes(peer.peer_id, tx=len(msg))
+            self._initiation_sent[peer.peer_id] = now
 
     def _send_keepalive(self, peer: Peer, now: float) -> None:
         assert self.dp is not None
@@ -887,6 +917,7 @@ class Device:
                       peer_name(peer.public_key))
             self.timer_state.handshake_complete(pid, now, created, False)
             self.last_handshake_wall[pid] = time.time()
+            self.handshakes_completed[pid] += 1
             self._send_staged(peer, now)
 
     def _on_handshake(self, data: bytes, addr: tuple[str, int], now: float,
@@ -928,13 +959,18 @@ class Device:
         verdict = self.checker.validate(data, src, now, under_load)
         if verdict is Verdict.DROP:
             self.handshake_drops += 1
+            self.handshake_outcomes["bad_mac1"] += 1
             return False
         if verdict is Verdict.SEND_COOKIE:
             if self.ratelimiter.allow(ip.packed, now):
+                self.handshake_outcomes["cookie_sent"] += 1
                 with contextlib.suppress(messages.MessageError):
                     self._sendto(self.checker.create_reply(data, src, now), addr)
             return False
-        return not under_load or self.ratelimiter.allow(ip.packed, now)
+        if under_load and not self.ratelimiter.allow(ip.packed, now):
+            self.handshake_outcomes["rate_limited"] += 1
+            return False
+        return True
 
     def _on_initiation(self, data: bytes, addr: tuple[str, int], now: float) -> None:
         assert self.dp is not None and self.identity is not None
@@ -947,6 +983,7 @@ class Device:
         log.debug("%s - received handshake initiation, sending response",
                   peer_name(peer.public_key))
         resp, km, evicted = peer.create_response(self.identity, state, now, self.indices)
+        self.handshake_outcomes["accepted"] += 1
         self._new_session(km, evicted, addr, now, tx=len(resp), rx=len(data))
         # The attempt of ours in flight, if any, was abandoned for this one; and as the
         # kernel does, a response counts as a handshake sent: no initiation of our own for
@@ -972,6 +1009,9 @@ class Device:
         self._new_session(km, evicted, addr, now, rx=len(data))
         self.timer_state.handshake_complete(pid, now, now, True)
         self.last_handshake_wall[pid] = time.time()
+        self.handshakes_completed[pid] += 1
+        self.handshake_outcomes["accepted"] += 1
+        self.handshake_rtt.observe(now - self._initiation_sent[pid])
         # Staged packets confirm the session; with none, a keepalive does (whitepaper 6.5).
         if not self._send_staged(peer, now):
             self._send_keepalive(peer, now)
