@@ -28,6 +28,7 @@ struct wg_keypair {
     uint64_t send_counter;           /* next counter to send under this keypair */
     uint8_t  send_key[WG_KEY_LEN];
     uint8_t  recv_key[WG_KEY_LEN];
+    int32_t  peer_next;              /* the peer's next keypair slot (list from kp_head), -1 */
     pthread_mutex_t replay_lock;        /* receive threads update the window under it */
     wg_replay replay;
 };
@@ -39,21 +40,38 @@ void wg_aip_free(struct wg_aip *t);
 int wg_aip_lookup_nolock(struct wg_aip *t, int family, const uint8_t *addr);
 
 struct wg_dp {
-    uint32_t max_peers;
-    uint32_t max_keypairs;
+    uint32_t max_peers;                 /* upper bound on peer ids (tables grow up to it) */
+    uint32_t max_keypairs;              /* upper bound on keypair slots */
     uint32_t mtu;
     /* Configuration lock: the control plane writes under it, the data plane reads a batch at a
-     * time under it.  Peers, keypairs, endpoints and allowed IPs are all behind it. */
+     * time under it.  Peers, keypairs, endpoints and allowed IPs are all behind it, and so are
+     * the table pointers below: they are swapped (tables grown) only under the write lock, so
+     * no pointer into a table may be kept past the read lock it was taken under. */
     pthread_rwlock_t lock;
 
+    /* Per-peer tables, cap_peers (= clocks.max_peers) entries each. */
     wg_peer_clocks clocks;
-    wg_addr  *endpoints;                /* max_peers */
+    wg_addr  *endpoints;
     int32_t  *current;                  /* peer -> keypair slot it sends with, -1 = none */
+    int32_t  *kp_head;                  /* peer -> first of its keypair slots, -1 = none */
+    uint32_t *aip_count;                /* peer -> prefixes it owns (removal walks only if > 0) */
     double   *last_need_event;          /* rate-limits WG_EV_NEED_HANDSHAKE per peer */
+    /* Bumped (under the write lock) whenever a peer id is released: a batch that looked peer
+     * ids up under one hold of the lock and uses them under another checks it has not moved,
+     * as the id may by then name another peer. */
+    uint32_t  id_epoch;
 
-    struct wg_keypair *keypairs;        /* max_keypairs slots */
+    struct wg_keypair *keypairs;        /* cap_keypairs slots */
+    uint32_t  cap_keypairs;
+    uint32_t *kp_free;                  /* stack of free slots */
+    uint32_t  kp_nfree;
     uint32_t *kp_hash;                  /* open addressing: local index -> slot + 1, 0 empty */
     uint32_t  kp_hash_mask;
+
+    /* Tables replaced by growth stay allocated until wg_dp_free: Python may still hold numpy
+     * views of the old clock arrays for a moment, and a stray write must not hit freed memory. */
+    void    **retired;
+    uint32_t  nretired, cap_retired;
 
     struct wg_aip *aip4, *aip6;
 
@@ -79,12 +97,24 @@ struct wg_dp {
 /* keypairs.c -- callers hold dp->lock (read or write). */
 struct wg_keypair *wg_kp_lookup(wg_dp *dp, uint32_t local_index);
 struct wg_keypair *wg_kp_current(wg_dp *dp, uint32_t peer);
+int  wg_kp_init(wg_dp *dp, uint32_t slots);         /* at wg_dp_new */
+void wg_kp_free(wg_dp *dp);
+/* Remove every keypair of a peer; caller holds the write lock. */
+void wg_kp_remove_peer_locked(wg_dp *dp, uint32_t peer);
+
+/* dataplane.c: keep an old table until wg_dp_free (caller holds the write lock). */
+void wg_dp_retire(wg_dp *dp, void *p);
 
 /* dataplane.c */
 void wg_drop(wg_dp *dp, int reason, uint32_t n);
 /* Queue an event for Python; returns 0, or -1 when the ring is full (counted). */
 int  wg_ev_push(wg_dp *dp, uint32_t type, uint32_t peer, uint32_t receiver,
                 const wg_addr *addr, const uint8_t *data, uint32_t len);
+/* The id epoch, read at the start of a batch (see struct wg_dp). */
+static inline uint32_t wg_id_epoch(wg_dp *dp)
+{
+    return __atomic_load_n(&dp->id_epoch, __ATOMIC_ACQUIRE);
+}
 /* Raise WG_EV_NEED_HANDSHAKE for a peer at most once per second. */
 void wg_want_handshake(wg_dp *dp, uint32_t peer, double now);
 

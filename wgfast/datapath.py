@@ -197,6 +197,8 @@ def choose_backend(name: str | None = None) -> str:
     return best
 # ---- the data-plane handle the device drives -------------------------------------------------
 
+import errno  # noqa: E402
+
 Endpoint = tuple[str, int]          # (address, port); IPv6 scope as "fe80::1%eth0"
 
 
@@ -244,22 +246,16 @@ class DataPlane:
         "pending_data_sent", "pending_data_recv",
     )
 
-    def __init__(self, max_peers: int = 1024, max_keypairs: int = 0, mtu: int = 1420) -> None:
+    def __init__(self, max_peers: int = 0, max_keypairs: int = 0, mtu: int = 1420) -> None:
+        """max_peers / max_keypairs are upper bounds, 0 = C's limits (WG_PEERS_LIMIT,
+        WG_KEYPAIRS_LIMIT); the tables start small and grow."""
         init_aead()
-        if max_keypairs <= 0:
-            max_keypairs = max_peers * 3 + 16
         dp = lib.wg_dp_new(max_peers, max_keypairs, mtu)
         if dp == ffi.NULL:
             raise MemoryError("wg_dp_new failed")
         self._dp = ffi.gc(dp, lib.wg_dp_free)
-        self.max_peers = max_peers
-        c = lib.wg_dp_clocks(self._dp)
-        self.clocks = {f: _view(getattr(c, f), "double *", max_peers, "<f8")
-                       for f in self.CLOCK_FIELDS}
-        self.tx_bytes = _view(c.tx_bytes, "uint8_t *", max_peers, "<u8")
-        self.rx_bytes = _view(c.rx_bytes, "uint8_t *", max_peers, "<u8")
-        self.want_handshake = _view(c.want_handshake, "uint8_t *", max_peers, "u1")
-        self.active = _view(c.active, "uint8_t *", max_peers, "u1")
+        self.max_peers = max_peers or lib.WG_PEERS_LIMIT
+        self._take_views()
         self.drops = _view(lib.wg_dp_drops(self._dp), "uint8_t *", lib.WG_DROP_NREASONS, "<u8")
         self._addr = ffi.new("wg_addr *")
         self._threads: list[object] = []
@@ -267,6 +263,32 @@ class DataPlane:
         self._evs = ffi.new("wg_event[]", self._ev_max)
         self._ev_stride = 65536 + 64
         self._ev_data = ffi.new("uint8_t[]", self._ev_max * self._ev_stride)
+        self.on_grow: list[object] = []      # callables run after the views were replaced
+
+    def _take_views(self) -> None:
+        c = lib.wg_dp_clocks(self._dp)
+        n = self.capacity = int(c.max_peers)
+        self.clocks = {f: _view(getattr(c, f), "double *", n, "<f8") for f in self.CLOCK_FIELDS}
+        self.tx_bytes = _view(c.tx_bytes, "uint8_t *", n, "<u8")
+        self.rx_bytes = _view(c.rx_bytes, "uint8_t *", n, "<u8")
+        self.want_handshake = _view(c.want_handshake, "uint8_t *", n, "u1")
+        self.active = _view(c.active, "uint8_t *", n, "u1")
+
+    def reserve(self, npeers: int) -> bool:
+        """Room for peer ids [0, npeers).  True if the tables grew: every view above is then
+        new (the old ones stay readable, but C no longer writes them) and on_grow callbacks
+        have run.  OverflowError beyond max_peers."""
+        if npeers <= self.capacity:
+            return False
+        r = lib.wg_dp_reserve(self._dp, npeers)
+        if r == -errno.ENOSPC:
+            raise OverflowError(f"more than {self.max_peers} peers")
+        if r != 0:
+            raise MemoryError("wg_dp_reserve failed")
+        self._take_views()
+        for fn in self.on_grow:
+            fn()  # type: ignore[operator]
+        return True
 
     @property
     def handle(self) -> object:
@@ -277,6 +299,10 @@ class DataPlane:
 
     # peers
     def peer_add(self, peer: int) -> None:
+        try:
+            self.reserve(peer + 1)
+        except OverflowError:
+            raise ValueError(f"peer id {peer} out of range") from None
         if lib.wg_peer_add(self._dp, peer) != 0:
             raise ValueError(f"peer id {peer} out of range")
 
@@ -286,6 +312,11 @@ class DataPlane:
     def set_endpoint(self, peer: int, endpoint: Endpoint | None) -> None:
         addr_to_c(endpoint, self._addr)
         lib.wg_peer_set_endpoint(self._dp, peer, self._addr)
+
+    def set_endpoints(self, peers: list[int], addrs: object) -> None:
+        """Endpoints of many peers in one call; addrs is a wg_addr[] (see pack_addr)."""
+        ids = ffi.new("uint32_t[]", peers)
+        lib.wg_peer_set_endpoints(self._dp, ids, addrs, len(peers))
 
     def get_endpoint(self, peer: int) -> Endpoint | None:
         lib.wg_peer_get_endpoint(self._dp, peer, self._addr)
@@ -324,6 +355,31 @@ class DataPlane:
     def aip_remove_peer(self, peer: int) -> None:
         lib.wg_aip_remove_peer(self._dp, peer)
 
+    def aip_insert_many(self, families: bytes, keys: bytes, peers: list[int]) -> list[int]:
+        """Insert n prefixes (families: one byte each, 2 or 10; keys: 17 bytes each, 16 address
+        bytes then the cidr) under one lock; returns each prefix's previous owner (-1 new)."""
+        n = len(peers)
+        if not n:
+            return []
+        prev = ffi.new("int32_t[]", n)
+        r = lib.wg_aip_insert_many(self._dp, families, keys, ffi.new("uint32_t[]", peers), n,
+                                   prev)
+        if r != n:
+            raise OSError(-r if r < 0 else errno.ENOMEM, f"wg_aip_insert_many failed ({r})")
+        return list(ffi.unpack(prev, n))
+
+    def aip_remove_many(self, families: bytes, keys: bytes, peers: list[int]) -> list[int]:
+        """Remove each prefix if peers[i] owns it; returns the owners found (-1 none)."""
+        n = len(peers)
+        if not n:
+            return []
+        prev = ffi.new("int32_t[]", n)
+        r = lib.wg_aip_remove_many(self._dp, families, keys, ffi.new("uint32_t[]", peers), n,
+                                   prev)
+        if r != n:
+            raise OSError(-r, f"wg_aip_remove_many failed ({r})")
+        return list(ffi.unpack(prev, n))
+
     def aip_lookup(self, address: object) -> int | None:
         fam = 2 if address.version == 4 else 10
         r = lib.wg_aip_lookup(self._dp, fam, address.packed)
@@ -340,6 +396,8 @@ class DataPlane:
                                   self._ev_max)
             for k in range(n):
                 e = self._evs[k]
+                if e.type == 0:
+                    continue        # voided: its peer was removed while it was queued
                 data = bytes(ffi.buffer(self._ev_data + k * self._ev_stride, e.len))
                 out.append((int(e.type), int(e.peer), int(e.receiver), addr_from_c(e.addr),
                             data))
