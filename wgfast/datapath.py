@@ -223,6 +223,19 @@ def addr_to_c(endpoint: Endpoint | None, out: object) -> None:
     ffi.memmove(out.addr, packed, len(packed))
 
 
+def pack_endpoints(eps: list) -> object:
+    """uapi.Endpoint objects -> a wg_addr[] for DataPlane.set_endpoints."""
+    out = ffi.new("wg_addr[]", len(eps))
+    for i, ep in enumerate(eps):
+        a = out[i]
+        packed = ep.address.packed
+        a.family = 2 if len(packed) == 4 else 10
+        a.port = ep.port
+        a.scope_id = ep.scope_id
+        ffi.memmove(a.addr, packed, len(packed))
+    return out
+
+
 def addr_from_c(a: object) -> Endpoint | None:
     import ipaddress
     import socket

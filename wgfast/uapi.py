@@ -33,6 +33,8 @@ import stat
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from wgfast.peers import format_key, key_of_network, network_of_key, prefix_key
+
 __all__ = [
     "UapiError",
     "Endpoint",
@@ -97,9 +99,16 @@ _DIGITS = re.compile(r"[0-9]+")
 
 def parse_key_hex(value: str) -> bytes:
     """64 hex characters (either case) -> 32 bytes; UapiError(EINVAL) otherwise."""
-    if not _HEX_KEY.fullmatch(value):
-        raise UapiError(IPC_ERROR_INVALID, "a key is 64 hex characters")
-    return bytes.fromhex(value)
+    # fromhex skips whitespace, so 64 characters that are not all hex digits give fewer than
+    # 32 bytes or an error: no regex needed on this hot path (one per peer).
+    if len(value) == 64:
+        try:
+            b = bytes.fromhex(value)
+        except ValueError:
+            b = b""
+        if len(b) == KEY_LEN and value.isascii():
+            return b
+    raise UapiError(IPC_ERROR_INVALID, "a key is 64 hex characters")
 
 
 def _parse_uint(value: str, bits: int, what: str) -> int:
@@ -200,10 +209,29 @@ def format_network(net: IPNetwork) -> str:
 
 # ---- the set request ---------------------------------------------------------------------
 
-@dataclass(frozen=True)
 class AllowedIpChange:
-    network: IPNetwork
-    remove: bool = False        # `allowed_ip=-addr/cidr`: drop it if this peer owns it
+    """One `allowed_ip=` line.  Held as a prefix key (wgfast.peers.prefix_key: packed masked
+    address + cidr), the form the device stores; `network` builds the ipaddress object."""
+
+    __slots__ = ("key", "remove")
+
+    def __init__(self, network: IPNetwork | bytes, remove: bool = False) -> None:
+        self.key = network if isinstance(network, bytes) else key_of_network(network)
+        self.remove = remove        # `allowed_ip=-addr/cidr`: drop it if this peer owns it
+
+    @property
+    def network(self) -> IPNetwork:
+        return network_of_key(self.key)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, AllowedIpChange) and (self.key, self.remove) == (
+            other.key, other.remove)
+
+    def __hash__(self) -> int:
+        return hash((self.key, self.remove))
+
+    def __repr__(self) -> str:
+        return f"AllowedIpChange({format_key(self.key)!r}, remove={self.remove})"
 
 
 @dataclass
@@ -248,6 +276,12 @@ def parse_set(lines: list[str] | str) -> SetRequest:
         if not sep:
             # The line itself is not echoed: it might be a key that lost its '='.
             raise UapiError(IPC_ERROR_PROTOCOL, f"line without '=' ({len(line)} characters)")
+        if key == "allowed_ip" and peer is not None and not dead and value[:1] != "-":
+            try:        # the common line of a large request, kept short
+                peer.allowed_ips.append(AllowedIpChange(prefix_key(value)))
+            except ValueError as e:
+                raise UapiError(IPC_ERROR_INVALID, str(e)) from None
+            continue
         if key == "public_key":
             peer = PeerSet(parse_key_hex(value))
             req.peers.append(peer)
@@ -309,11 +343,11 @@ def _peer_line(peer: PeerSet, key: str, value: str, dead: bool) -> None:
     elif key == "allowed_ip":
         remove = value.startswith("-")
         try:
-            net = parse_allowed_ip(value[1:] if remove else value)
+            k = prefix_key(value[1:] if remove else value)
         except ValueError as e:
             raise UapiError(IPC_ERROR_INVALID, str(e)) from None
         if not dead:
-            peer.allowed_ips.append(AllowedIpChange(net, remove))
+            peer.allowed_ips.append(AllowedIpChange(k, remove))
     elif key == "protocol_version":
         if value != "1":
             raise UapiError(IPC_ERROR_INVALID, f"unsupported protocol_version {value!r}")
@@ -380,6 +414,9 @@ class UapiHandler(Protocol):
 
     def uapi_set(self, req: SetRequest) -> None: ...
 
+# A handler may also offer uapi_get_chunks() -> Iterable[str]: the get reply (ending with
+# errno=0 and the blank line) in pieces, which the server then streams.
+
 
 def socket_path(iface: str) -> str:
     return os.path.join(SOCKET_DIR, f"{iface}.sock")
@@ -418,7 +455,8 @@ def _bind_uapi_socket(path: str) -> socket.socket:
 class UapiServer:
     """Serves the UAPI for one interface on an asyncio loop."""
 
-    MAX_REQUEST_LINES = 1 << 20
+    MAX_REQUEST_LINES = 1 << 24
+    MAX_REQUEST_BYTES = 1 << 30     # a million peers' worth, with room to spare
 
     def __init__(self, iface: str, handler: UapiHandler, path: str | None = None) -> None:
         self.iface = iface
@@ -431,7 +469,8 @@ class UapiServer:
     async def start(self) -> None:
         sock = _bind_uapi_socket(self.path)
         self._ino = os.stat(self.path).st_ino
-        self._server = await asyncio.start_unix_server(self._serve, sock=sock)
+        self._server = await asyncio.start_unix_server(self._serve, sock=sock,
+                                                       limit=self.MAX_REQUEST_BYTES)
 
     async def close(self) -> None:
         if self._server is not None:
@@ -465,13 +504,9 @@ class UapiServer:
                         return
                     code = 0 if nxt == b"\n" else IPC_ERROR_INVALID
                     if code == 0:
-                        reply = await self._get()
-                        if reply is None:
-                            code = IPC_ERROR_UNKNOWN
-                        else:
-                            writer.write(reply.encode())
-                            await writer.drain()
+                        if await self._stream_get(writer):
                             continue
+                        code = IPC_ERROR_UNKNOWN
                     writer.write(f"errno={-code}\n\n".encode())
                 elif op == b"set=1\n":
                     lines = await self._read_request(reader)
@@ -492,16 +527,50 @@ class UapiServer:
                 await writer.wait_closed()
 
     async def _read_request(self, reader: asyncio.StreamReader) -> list[str] | None:
-        lines: list[str] = []
-        while len(lines) < self.MAX_REQUEST_LINES:
-            raw = await reader.readline()
-            if not raw.endswith(b"\n"):
-                return None
-            line = raw[:-1].decode()
-            if line == "":
-                return lines
-            lines.append(line)
-        return None
+        """The lines up to the blank one, read in bulk (a large set is a million lines)."""
+        first = await reader.read(1)
+        if not first:
+            return None
+        if first == b"\n":
+            return []
+        try:
+            # The first byte is not a newline, so the blank line ends in "\n\n" after it.
+            raw = first + await reader.readuntil(b"\n\n")
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            return None
+        lines = raw[:-2].decode().split("\n")
+        return lines if len(lines) <= self.MAX_REQUEST_LINES else None
+
+    async def _stream_get(self, writer: asyncio.StreamWriter) -> bool:
+        """Write the get reply.  A handler with uapi_get_chunks() is streamed: each chunk is
+        written as it is made, so a large device never becomes one giant string.  False =
+        the handler failed before writing anything (the caller sends the errno)."""
+        chunks_fn = getattr(self.handler, "uapi_get_chunks", None)
+        if chunks_fn is None:
+            reply = await self._get()
+            if reply is None:
+                return False
+            writer.write(reply.encode())
+            await writer.drain()
+            return True
+        try:
+            it = iter(chunks_fn())
+            first = next(it, None)
+        except Exception:
+            log.exception("UAPI get failed")
+            return False
+        try:
+            while first is not None:
+                writer.write(first.encode())
+                await writer.drain()
+                first = next(it, None)
+        except (ConnectionError, asyncio.CancelledError):
+            raise
+        except Exception:
+            # Half a reply is out: hang up rather than end it with a misleading errno.
+            log.exception("UAPI get failed midway")
+            raise ConnectionError("get failed") from None
+        return True
 
     async def _get(self) -> str | None:
         try:
