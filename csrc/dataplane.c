@@ -108,6 +108,16 @@ int wg_dp_reserve(wg_dp *dp, uint32_t npeers)
     return rc;
 }
 
+void wg_dp_free_retired(wg_dp *dp)
+{
+    /* Under the write lock: no batch can be using a table it read before the swap. */
+    pthread_rwlock_wrlock(&dp->lock);
+    for (uint32_t i = 0; i < dp->nretired; i++)
+        free(dp->retired[i]);
+    dp->nretired = 0;
+    pthread_rwlock_unlock(&dp->lock);
+}
+
 wg_dp *wg_dp_new(uint32_t max_peers, uint32_t max_keypairs, uint32_t mtu)
 {
     if (max_peers == 0 || max_peers > WG_PEERS_LIMIT)
@@ -261,6 +271,22 @@ int wg_peer_set_endpoints(wg_dp *dp, const uint32_t *peers, const wg_addr *addrs
             continue;
         }
         dp->endpoints[peers[i]] = addrs[i];
+    }
+    pthread_rwlock_unlock(&dp->lock);
+    return rc;
+}
+
+int wg_peer_get_endpoints(wg_dp *dp, const uint32_t *peers, wg_addr *out, uint32_t n)
+{
+    pthread_rwlock_rdlock(&dp->lock);
+    int rc = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        if (peers[i] < dp->clocks.max_peers) {
+            out[i] = dp->endpoints[peers[i]];
+        } else {
+            memset(&out[i], 0, sizeof(out[i]));
+            rc = -EINVAL;
+        }
     }
     pthread_rwlock_unlock(&dp->lock);
     return rc;

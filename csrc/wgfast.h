@@ -145,8 +145,11 @@ typedef struct {
 #define WG_PEERS_LIMIT     16777216
 #define WG_KEYPAIRS_LIMIT  67108864
 wg_dp          *wg_dp_new(uint32_t max_peers, uint32_t max_keypairs, uint32_t mtu);
-/* Make room for peer ids [0, npeers): 0, -ENOSPC beyond max_peers, -ENOMEM. */
+/* Make room for peer ids [0, npeers): 0, -ENOSPC beyond max_peers, -ENOMEM.  The old tables
+ * stay allocated (views of them stay readable) until wg_dp_free_retired, which the caller
+ * runs once it holds views of the new ones only. */
 int             wg_dp_reserve(wg_dp *dp, uint32_t npeers);
+void            wg_dp_free_retired(wg_dp *dp);
 void            wg_dp_free(wg_dp *dp);
 wg_peer_clocks *wg_dp_clocks(wg_dp *dp);
 uint64_t       *wg_dp_drops(wg_dp *dp);                 /* WG_DROP_NREASONS counters */
@@ -159,6 +162,7 @@ int  wg_peer_add(wg_dp *dp, uint32_t peer);             /* clears the peer's sta
 int  wg_peer_remove(wg_dp *dp, uint32_t peer);          /* drops its keypairs, allowed IPs, endpoint */
 /* Endpoints for n peers at once (configuration of many peers). */
 int  wg_peer_set_endpoints(wg_dp *dp, const uint32_t *peers, const wg_addr *addrs, uint32_t n);
+int  wg_peer_get_endpoints(wg_dp *dp, const uint32_t *peers, wg_addr *out, uint32_t n);
 int  wg_peer_set_endpoint(wg_dp *dp, uint32_t peer, const wg_addr *a);
 int  wg_peer_get_endpoint(wg_dp *dp, uint32_t peer, wg_addr *out);
 void wg_peer_add_bytes(wg_dp *dp, uint32_t peer, uint64_t tx, uint64_t rx);   /* handshake bytes */

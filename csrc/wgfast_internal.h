@@ -68,8 +68,8 @@ struct wg_dp {
     uint32_t *kp_hash;                  /* open addressing: local index -> slot + 1, 0 empty */
     uint32_t  kp_hash_mask;
 
-    /* Tables replaced by growth stay allocated until wg_dp_free: Python may still hold numpy
-     * views of the old clock arrays for a moment, and a stray write must not hit freed memory. */
+    /* Tables replaced by growth stay allocated until Python has taken new views of them
+     * (wg_dp_free_retired) or wg_dp_free. */
     void    **retired;
     uint32_t  nretired, cap_retired;
 

@@ -223,16 +223,27 @@ def addr_to_c(endpoint: Endpoint | None, out: object) -> None:
     ffi.memmove(out.addr, packed, len(packed))
 
 
-def pack_endpoints(eps: list) -> object:
-    """uapi.Endpoint objects -> a wg_addr[] for DataPlane.set_endpoints."""
-    out = ffi.new("wg_addr[]", len(eps))
-    for i, ep in enumerate(eps):
-        a = out[i]
-        packed = ep.address.packed
-        a.family = 2 if len(packed) == 4 else 10
-        a.port = ep.port
-        a.scope_id = ep.scope_id
-        ffi.memmove(a.addr, packed, len(packed))
+def _addr_dtype() -> np.dtype:
+    """wg_addr as numpy sees it, from cffi's layout (other fields may follow the four)."""
+    names = ["family", "port", "scope_id", "addr"]
+    return np.dtype({"names": names, "formats": ["<u2", "<u2", "<u4", ("u1", (16,))],
+                     "offsets": [ffi.offsetof("wg_addr", n) for n in names],
+                     "itemsize": ffi.sizeof("wg_addr")})
+
+
+ADDR_LAYOUT = _addr_dtype()
+
+
+def pack_endpoints(families: list[int], ports: list[int], scopes: list[int],
+                   packed: bytes) -> np.ndarray:
+    """Columns -> a wg_addr array for DataPlane.set_endpoints (packed: 16 bytes each, IPv4 in
+    the first 4)."""
+    n = len(families)
+    out = np.zeros(n, dtype=ADDR_LAYOUT)
+    out["family"] = families
+    out["port"] = ports
+    out["scope_id"] = scopes
+    out["addr"] = np.frombuffer(packed, dtype=np.uint8).reshape(n, 16)
     return out
 
 
@@ -289,8 +300,8 @@ class DataPlane:
 
     def reserve(self, npeers: int) -> bool:
         """Room for peer ids [0, npeers).  True if the tables grew: every view above is then
-        new (the old ones stay readable, but C no longer writes them) and on_grow callbacks
-        have run.  OverflowError beyond max_peers."""
+        new and on_grow callbacks have run (they must drop every view they took before: the
+        old tables are freed after them).  OverflowError beyond max_peers."""
         if npeers <= self.capacity:
             return False
         r = lib.wg_dp_reserve(self._dp, npeers)
@@ -299,8 +310,11 @@ class DataPlane:
         if r != 0:
             raise MemoryError("wg_dp_reserve failed")
         self._take_views()
-        for fn in self.on_grow:
-            fn()  # type: ignore[operator]
+        try:
+            for fn in self.on_grow:
+                fn()  # type: ignore[operator]
+        finally:
+            lib.wg_dp_free_retired(self._dp)
         return True
 
     @property
@@ -326,10 +340,20 @@ class DataPlane:
         addr_to_c(endpoint, self._addr)
         lib.wg_peer_set_endpoint(self._dp, peer, self._addr)
 
-    def set_endpoints(self, peers: list[int], addrs: object) -> None:
-        """Endpoints of many peers in one call; addrs is a wg_addr[] (see pack_addr)."""
-        ids = ffi.new("uint32_t[]", peers)
-        lib.wg_peer_set_endpoints(self._dp, ids, addrs, len(peers))
+    def set_endpoints(self, peers: list[int], addrs: np.ndarray) -> None:
+        """Endpoints of many peers in one call; addrs from pack_endpoints."""
+        ids = np.asarray(peers, dtype=np.uint32)
+        lib.wg_peer_set_endpoints(self._dp, ffi.from_buffer("uint32_t[]", ids),
+                                  ffi.from_buffer("wg_addr[]", addrs), len(peers))
+
+    def get_endpoints(self, peers: np.ndarray) -> np.ndarray:
+        """The endpoints of many peers (ADDR_LAYOUT records; family 0 = none)."""
+        ids = np.ascontiguousarray(peers, dtype=np.uint32)
+        out = np.zeros(len(ids), dtype=ADDR_LAYOUT)
+        lib.wg_peer_get_endpoints(self._dp, ffi.from_buffer("uint32_t[]", ids),
+                                  ffi.from_buffer("wg_addr[]", out, require_writable=True),
+                                  len(ids))
+        return out
 
     def get_endpoint(self, peer: int) -> Endpoint | None:
         lib.wg_peer_get_endpoint(self._dp, peer, self._addr)

@@ -43,6 +43,7 @@ from wgfast.uapi import (
     SetRequest,
     UapiError,
     UapiServer,
+    format_endpoint,
     parse_set,
 )
 
@@ -121,13 +122,20 @@ class _ApplyBatch:
         self.dev = dev
         self.t = dev.table
         self.ep_ids: list[int] = []
-        self.eps: list[Endpoint] = []
+        self.ep_fam: list[int] = []
+        self.ep_port: list[int] = []
+        self.ep_scope: list[int] = []
+        self.ep_addr: list[bytes] = []
         self.ops: list[tuple[int, bytes, bool]] = []    # (peer id, prefix key, remove)
         self.queued: set[int] = set()                   # peer ids with queued changes
 
     def endpoint(self, pid: int, ep: Endpoint) -> None:
+        packed = ep.address.packed
         self.ep_ids.append(pid)
-        self.eps.append(ep)
+        self.ep_fam.append(socket.AF_INET if len(packed) == 4 else socket.AF_INET6)
+        self.ep_port.append(ep.port)
+        self.ep_scope.append(ep.scope_id if len(packed) == 16 else 0)
+        self.ep_addr.append(packed if len(packed) == 16 else packed + bytes(12))
 
     def allowed(self, pid: int, key: bytes, remove: bool) -> None:
         self.ops.append((pid, key, remove))
@@ -147,8 +155,10 @@ class _ApplyBatch:
         dp = self.dev.dp
         assert dp is not None
         if self.ep_ids:
-            dp.set_endpoints(self.ep_ids, pack_endpoints(self.eps))
-            self.ep_ids, self.eps = [], []
+            dp.set_endpoints(self.ep_ids, pack_endpoints(
+                self.ep_fam, self.ep_port, self.ep_scope, b"".join(self.ep_addr)))
+            self.ep_ids, self.ep_fam, self.ep_port, self.ep_scope, self.ep_addr = \
+                [], [], [], [], []
         ops, self.ops = self.ops, []
         self.queued.clear()
         aips = self.t.aips
@@ -512,7 +522,7 @@ class Device:
             private_key=self.identity.private if self.identity else ZERO_KEY,
             listen_port=self.listen_port, fwmark=self.fwmark, peers=peers)
 
-    GET_CHUNK = 1 << 16         # characters per piece of a streamed get reply
+    GET_BLOCK = 512             # peers per piece of a streamed get reply
 
     def uapi_get_chunks(self) -> Iterator[str]:
         """The get reply in pieces, made as the server writes them (a large device never
@@ -527,31 +537,38 @@ class Device:
             head.append(f"listen_port={self.listen_port}\n")
         if self.fwmark:
             head.append(f"fwmark={self.fwmark}\n")
-        order = [(pk, pid, int(t.gen[pid])) for pk, pid in t.ids.items()]
+        order = list(t.ids.items())
+        gens = t.gen.copy()             # generations as of the start
         out = head
-        size = 0
-        for pk, pid, gen in order:
-            if not t.valid(pid, gen):
+        for at in range(0, len(order), self.GET_BLOCK):
+            block = [(pk, pid) for pk, pid in order[at:at + self.GET_BLOCK]
+                     if t.valid(pid, int(gens[pid]))]
+            if not block:
                 continue
-            ep = self.dp.get_endpoint(pid)
-            wall = float(t.last_handshake_wall[pid])
-            sec = int(wall)
-            nsec = int(round((wall - sec) * 1e9)) if sec else 0
-            lines = [f"public_key={pk.hex()}\npreshared_key={t.preshared_key(pid).hex()}\n"
-                     "protocol_version=1\n"]
-            if ep is not None:
-                lines.append(f"endpoint={_endpoint_from_tuple(ep)}\n")
-            lines.append(f"last_handshake_time_sec={sec}\nlast_handshake_time_nsec={nsec}\n"
-                         f"tx_bytes={int(self.dp.tx_bytes[pid])}\n"
-                         f"rx_bytes={int(self.dp.rx_bytes[pid])}\n"
-                         f"persistent_keepalive_interval={int(t.keepalive[pid])}\n")
-            lines.extend(f"allowed_ip={format_key(k)}\n" for k in t.allowed(pid))
-            piece = "".join(lines)
-            out.append(piece)
-            size += len(piece)
-            if size >= self.GET_CHUNK:
-                yield "".join(out)
-                out, size = [], 0
+            ids = np.fromiter((pid for _, pid in block), dtype=np.int64, count=len(block))
+            eps = self.dp.get_endpoints(ids)
+            fam, port, scope = (eps["family"].tolist(), eps["port"].tolist(),
+                                eps["scope_id"].tolist())
+            addrs = eps["addr"].tobytes()
+            tx, rx = self.dp.tx_bytes[ids].tolist(), self.dp.rx_bytes[ids].tolist()
+            ka = t.keepalive[ids].tolist()
+            wall = t.last_handshake_wall[ids].tolist()
+            for k, (pk, pid) in enumerate(block):
+                ep = format_endpoint(fam[k], port[k], scope[k], addrs[16 * k:16 * k + 16])
+                sec = int(wall[k])
+                nsec = int(round((wall[k] - sec) * 1e9)) if sec else 0
+                out.append(f"public_key={pk.hex()}\npreshared_key={t.preshared_key(pid).hex()}\n"
+                           "protocol_version=1\n")
+                if ep is not None:
+                    out.append(f"endpoint={ep}\n")
+                out.append(f"last_handshake_time_sec={sec}\nlast_handshake_time_nsec={nsec}\n"
+                           f"tx_bytes={tx[k]}\nrx_bytes={rx[k]}\n"
+                           f"persistent_keepalive_interval={ka[k]}\n")
+                aips = t.aips[pid]
+                if aips:
+                    out.extend([f"allowed_ip={format_key(key)}\n" for key in aips])
+            yield "".join(out)
+            out = []
         out.append("errno=0\n\n")
         yield "".join(out)
 

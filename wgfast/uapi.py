@@ -30,6 +30,7 @@ import os
 import re
 import socket
 import stat
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -132,7 +133,7 @@ def _parse_ip(text: str, allow_scope: bool) -> IPAddress:
     return ipaddress.ip_address(text)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Endpoint:
     """A peer's UDP endpoint.  An IPv6 address may carry a scope (interface name or number)."""
 
@@ -142,6 +143,24 @@ class Endpoint:
     @classmethod
     def parse(cls, value: str) -> Endpoint:
         """`a.b.c.d:port` or `[v6addr%scope]:port`; ValueError when malformed."""
+        if "%" not in value:
+            # Fast path (one per peer in a large set): inet_pton validates, as strictly.
+            if value.startswith("["):
+                close = value.find("]")
+                host, port, fam = value[1:close], value[close + 2:], socket.AF_INET6
+                ok = close > 0 and value[close + 1:close + 2] == ":"
+            else:
+                host, _, port = value.rpartition(":")
+                fam, ok = socket.AF_INET, bool(host)
+            if ok and port.isdigit() and port.isascii() and int(port) <= 65535:
+                try:
+                    packed = socket.inet_pton(fam, host)
+                except (OSError, ValueError):
+                    packed = b""
+                if packed:
+                    addr: IPAddress = (ipaddress.IPv4Address(packed) if fam == socket.AF_INET
+                                       else ipaddress.IPv6Address(packed))
+                    return cls(addr, int(port))
         if value.startswith("["):
             close = value.find("]")
             if close < 0 or value[close + 1:close + 2] != ":":
@@ -182,6 +201,18 @@ class Endpoint:
         if self.address.version == 6:
             return f"[{_format_ip(self.address)}]:{self.port}"
         return f"{self.address}:{self.port}"
+
+
+def format_endpoint(family: int, port: int, scope: int, addr: bytes) -> str | None:
+    """A wg_addr's fields as an endpoint= value (None: no endpoint), as Endpoint.__str__."""
+    if family == socket.AF_INET:
+        return f"{socket.inet_ntop(socket.AF_INET, addr[:4])}:{port}"
+    if family != socket.AF_INET6:
+        return None
+    a = addr[:16]
+    host = (socket.inet_ntop(socket.AF_INET6, a) if a[:12] != bytes(12)
+            else str(ipaddress.IPv6Address(a)))      # glibc writes ::a.b.c.d, Go does not
+    return f"[{host}%{scope}]:{port}" if scope else f"[{host}]:{port}"
 
 
 def _format_ip(addr: IPAddress) -> str:
@@ -234,7 +265,7 @@ class AllowedIpChange:
         return f"AllowedIpChange({format_key(self.key)!r}, remove={self.remove})"
 
 
-@dataclass
+@dataclass(slots=True)
 class PeerSet:
     """One `public_key=` block.  Blocks apply in order; the same key may appear again."""
 
@@ -262,10 +293,24 @@ class SetRequest:
     peers: list[PeerSet] = field(default_factory=list)
 
 
-def parse_set(lines: list[str] | str) -> SetRequest:
+def _iter_lines(text: str) -> Iterator[str]:
+    """The lines of text, one at a time: a large request never becomes a million strings at
+    once (they would stay behind as fragmented heap next to the configuration)."""
+    start = 0
+    find = text.find
+    while True:
+        end = find("\n", start)
+        if end < 0:
+            yield text[start:]
+            return
+        yield text[start:end]
+        start = end + 1
+
+
+def parse_set(lines: Iterable[str] | str) -> SetRequest:
     """Parse the key=value lines of a set request (without `set=1` and the blank line)."""
     if isinstance(lines, str):
-        lines = lines.split("\n")
+        lines = _iter_lines(lines)
     req = SetRequest()
     peer: PeerSet | None = None
     dead = False            # after remove=true the rest of the block is checked but ignored
@@ -526,20 +571,22 @@ class UapiServer:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    async def _read_request(self, reader: asyncio.StreamReader) -> list[str] | None:
+    async def _read_request(self, reader: asyncio.StreamReader) -> str | None:
         """The lines up to the blank one, read in bulk (a large set is a million lines)."""
         first = await reader.read(1)
         if not first:
             return None
         if first == b"\n":
-            return []
+            return ""
         try:
             # The first byte is not a newline, so the blank line ends in "\n\n" after it.
             raw = first + await reader.readuntil(b"\n\n")
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             return None
-        lines = raw[:-2].decode().split("\n")
-        return lines if len(lines) <= self.MAX_REQUEST_LINES else None
+        del first
+        text = raw[:-2].decode()
+        del raw
+        return text if text.count("\n") < self.MAX_REQUEST_LINES else None
 
     async def _stream_get(self, writer: asyncio.StreamWriter) -> bool:
         """Write the get reply.  A handler with uapi_get_chunks() is streamed: each chunk is
@@ -582,7 +629,7 @@ class UapiServer:
             log.exception("UAPI get failed")
             return None
 
-    async def _set(self, lines: list[str]) -> int:
+    async def _set(self, lines: str) -> int:
         try:
             req = parse_set(lines)
             res = self.handler.uapi_set(req)
