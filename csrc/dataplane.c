@@ -422,3 +422,16 @@ int wg_dp_offloads(wg_dp *dp)
     return (dp->tun_vnet & WG_TUN_VNET ? 1 : 0) | (dp->udp_gso4 ? 2 : 0) |
            (dp->udp_gso6 ? 4 : 0) | (dp->udp_gro ? 8 : 0) | (dp->tun_vnet & WG_TUN_USO ? 16 : 0);
 }
+
+void wg_dp_test_delay(wg_dp *dp, int where, uint32_t usec)
+{
+    if (where == WG_DELAY_SEND_ROUTED || where == WG_DELAY_RECV_OPENED)
+        __atomic_store_n(&dp->test_delay[where], usec, __ATOMIC_RELAXED);
+}
+
+void wg_test_pause(wg_dp *dp, int where)
+{
+    uint32_t us = __atomic_load_n(&dp->test_delay[where], __ATOMIC_RELAXED);
+    if (us)
+        usleep(us);
+}

@@ -251,6 +251,7 @@ static void process(wg_dp *dp, wg_ring *r, uint32_t n, struct rxbatch *rb)
         wg_open_batch(dp, r, i, j - i, now);
         i = j;
     }
+    wg_test_pause(dp, WG_DELAY_RECV_OPENED);
     check_and_stamp(dp, r, n, now, epoch);
     deliver(dp, r, n, rb);
 }

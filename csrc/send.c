@@ -383,6 +383,8 @@ int wg_run_send(wg_dp *dp)
             keep++;
         }
         pthread_rwlock_unlock(&dp->lock);
+        if (keep)
+            wg_test_pause(dp, WG_DELAY_SEND_ROUTED);
         if (keep && pipe) {
             wg_pipe_put(pipe, r, keep);
             r = wg_pipe_take(pipe);

@@ -254,6 +254,12 @@ void wg_dp_set_threads(wg_dp *dp, int mode);
 /* What the loops use now (udp_gso may have been turned off by a failed send): bit 0
  * tun_vnet, 1 udp_gso v4, 2 udp_gso v6, 3 udp_gro, 4 tun_uso. */
 int  wg_dp_offloads(wg_dp *dp);
+/* Tests: the loops sleep usec between the steps that hold the lock separately -- 1 = send,
+ * after routing and before sealing; 2 = receive, after opening and before the allowed-IPs
+ * check -- so a configuration change can be made to land in between.  0 = off (default). */
+#define WG_DELAY_SEND_ROUTED  1
+#define WG_DELAY_RECV_OPENED  2
+void wg_dp_test_delay(wg_dp *dp, int where, uint32_t usec);
 /* Seal and send one plaintext packet (len 0 = keepalive) to a peer now: staged packets and
  * keepalives from the control plane.  Returns WG_OK or a drop reason. */
 int  wg_send_packet(wg_dp *dp, uint32_t peer, const uint8_t *pkt, uint32_t len, double now);

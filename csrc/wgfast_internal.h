@@ -91,6 +91,7 @@ struct wg_dp {
     int udp_gro;                        /* UDP_GRO is on: reads may hold many datagrams */
     int threads;                        /* WG_THREADS_*: how each loop uses threads */
     int stop_fd;                        /* eventfd: readable once wg_dp_stop was called */
+    uint32_t test_delay[3];             /* wg_dp_test_delay, usec by WG_DELAY_* */
     int stop;                           /* __atomic builtins */
 };
 
@@ -117,6 +118,9 @@ static inline uint32_t wg_id_epoch(wg_dp *dp)
 }
 /* Raise WG_EV_NEED_HANDSHAKE for a peer at most once per second. */
 void wg_want_handshake(wg_dp *dp, uint32_t peer, double now);
+
+/* wg_dp_test_delay: a plain read per batch when off. */
+void wg_test_pause(wg_dp *dp, int where);
 
 /* Slot i of a ring, inline for the per-packet loops (wg_ring_slot checks its bounds). */
 static inline uint8_t *wg_slot(const wg_ring *r, uint32_t i)

@@ -457,6 +457,10 @@ class DataPlane:
         lib.wg_dp_set_threads(self._dp, lib.WG_THREADS_PIPELINE if pipeline
                               else lib.WG_THREADS_RTC)
 
+    def test_delay(self, where: int, usec: int) -> None:
+        """Tests: make the loops pause between two lock holds (WG_DELAY_*)."""
+        lib.wg_dp_test_delay(self._dp, where, usec)
+
     def offloads(self) -> dict[str, bool]:
         bits = lib.wg_dp_offloads(self._dp)
         return {"tun_vnet": bool(bits & 1), "udp_gso4": bool(bits & 2),
