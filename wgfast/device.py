@@ -37,6 +37,7 @@ from wgfast.peers import PeerTable, format_key, network_of_key, pack_keys
 from wgfast.ratelimiter import RateLimiter
 from wgfast.tun import Tun
 from wgfast.uapi import (
+    AllowedIpChange,
     DeviceSnapshot,
     Endpoint,
     PeerSnapshot,
@@ -140,6 +141,15 @@ class _ApplyBatch:
     def allowed(self, pid: int, key: bytes, remove: bool) -> None:
         self.ops.append((pid, key, remove))
         self.queued.add(pid)
+
+    def same_allowed(self, pid: int, changes: list[AllowedIpChange]) -> bool:
+        """Whether replacing pid's prefixes with `changes` (all adds) changes nothing."""
+        cur = self.t.allowed(pid)
+        if len(cur) != len(changes) or any(c.remove for c in changes):
+            return False
+        if self.ops:
+            self.flush()        # queued moves may take some of pid's prefixes away
+        return list(cur) == [c.key for c in changes]
 
     def clear_allowed(self, pid: int) -> None:
         if pid in self.queued:
@@ -645,6 +655,8 @@ class Device:
                         live.persistent_keepalive = ka
                     self.timer_state.set_persistent_keepalive(pid, ka)
             if ps.replace_allowed_ips:
+                if batch.same_allowed(pid, ps.allowed_ips):
+                    continue        # `wg syncconf` sends every peer's prefixes again
                 batch.clear_allowed(pid)
             for change in ps.allowed_ips:
                 batch.allowed(pid, change.key, change.remove)
@@ -667,7 +679,7 @@ class Device:
     def add_peer(self, public_key: bytes, *, endpoint: str | None = None,
                  allowed_ips: Iterable[str] = (), preshared_key: bytes | None = None,
                  persistent_keepalive: int | None = None) -> None:
-        from wgfast.uapi import AllowedIpChange, PeerSet
+        from wgfast.uapi import PeerSet
 
         ps = PeerSet(public_key=public_key, preshared_key=preshared_key,
                      endpoint=Endpoint.parse(endpoint) if endpoint else None,

@@ -33,25 +33,29 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # ---- prefixes -------------------------------------------------------------------------------
 
+_CIDR_BYTE = {str(i): bytes((i,)) for i in range(129)}    # also refuses "08", "+8", " 8"
+_AF4, _AF6 = socket.AF_INET, socket.AF_INET6
+
+
 def prefix_key(text: str) -> bytes:
     """`addr/cidr` -> the prefix key: the packed address masked to cidr (4 or 16 bytes), then
     the cidr byte.  ValueError when malformed (zones, leading zeros, cidr out of range)."""
-    host, sep, bits = text.rpartition("/")
-    if not sep or not bits.isdigit() or not bits.isascii() or (len(bits) > 1 and bits[0] == "0"):
+    host, _, bits = text.rpartition("/")
+    cb = _CIDR_BYTE.get(bits)
+    if cb is None or not host:
         raise ValueError(f"bad prefix {text!r}")
-    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        packed = socket.inet_pton(fam, host)
+        packed = socket.inet_pton(_AF6 if ":" in host else _AF4, host)
     except (OSError, ValueError):
         raise ValueError(f"bad address in prefix {text!r}") from None
-    cidr = int(bits)
+    cidr = cb[0]
     width = len(packed) * 8
-    if cidr > width:
-        raise ValueError(f"prefix length out of range: {text!r}")
-    if cidr < width:
-        v = int.from_bytes(packed, "big") >> (width - cidr) << (width - cidr)
-        packed = v.to_bytes(len(packed), "big")
-    return packed + bytes((cidr,))
+    if cidr >= width:
+        if cidr > width:
+            raise ValueError(f"prefix length out of range: {text!r}")
+        return packed + cb
+    v = int.from_bytes(packed, "big") >> (width - cidr) << (width - cidr)
+    return v.to_bytes(len(packed), "big") + cb
 
 
 def key_of_network(net: IPNetwork) -> bytes:

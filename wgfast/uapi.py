@@ -321,12 +321,24 @@ def parse_set(lines: Iterable[str] | str) -> SetRequest:
         if not sep:
             # The line itself is not echoed: it might be a key that lost its '='.
             raise UapiError(IPC_ERROR_PROTOCOL, f"line without '=' ({len(line)} characters)")
-        if key == "allowed_ip" and peer is not None and not dead and value[:1] != "-":
-            try:        # the common line of a large request, kept short
-                peer.allowed_ips.append(AllowedIpChange(prefix_key(value)))
-            except ValueError as e:
-                raise UapiError(IPC_ERROR_INVALID, str(e)) from None
-            continue
+        if peer is not None and not dead:
+            # The common lines of a large request, kept short (one call per line).
+            if key == "allowed_ip" and value[:1] != "-":
+                try:
+                    peer.allowed_ips.append(AllowedIpChange(prefix_key(value)))
+                except ValueError as e:
+                    raise UapiError(IPC_ERROR_INVALID, str(e)) from None
+                continue
+            if key == "endpoint":
+                try:
+                    peer.endpoint = Endpoint.parse(value)
+                except ValueError as e:
+                    raise UapiError(IPC_ERROR_INVALID, str(e)) from None
+                continue
+            if key == "replace_allowed_ips" and value == "true":
+                peer.replace_allowed_ips = True
+                peer.allowed_ips.clear()
+                continue
         if key == "public_key":
             peer = PeerSet(parse_key_hex(value))
             req.peers.append(peer)
