@@ -143,18 +143,17 @@ class PeerTable:
         """A new peer; returns its id.  The caller makes room first (grow)."""
         if len(self.ids) >= self.limit:
             raise OverflowError(f"more than {self.limit} peers")
-        pid = self._free.pop() if self._free else self._next
-        if pid == self._next:
+        if self._free:
+            pid = self._free.pop()      # remove() cleared its columns
+            self.keys[pid] = public_key
+            self.aips[pid] = {}
+        else:
+            pid = self._next            # never used: its columns are still zero
+            assert pid < self.capacity, "grow() first"
             self._next += 1
-            self.keys.append(None)
-            self.aips.append(None)
-        assert pid < self.capacity, "grow() first"
+            self.keys.append(public_key)
+            self.aips.append({})
         self.ids[public_key] = pid
-        self.keys[pid] = public_key
-        self.aips[pid] = {}
-        self.keepalive[pid] = 0
-        self.last_handshake_wall[pid] = 0
-        self.timer_state.reset(pid)
         return pid
 
     def remove(self, public_key: bytes) -> int | None:
