@@ -64,6 +64,29 @@ TUN_OFFLOADS = (lib.WG_TUN_F_CSUM | lib.WG_TUN_F_TSO4 | lib.WG_TUN_F_TSO6 | lib.
 TUN_USO = lib.WG_TUN_F_USO4 | lib.WG_TUN_F_USO6
 
 
+TRIM_AFTER_PEERS = 4096         # a set this large leaves the parse's garbage all over the heap
+
+
+def _trim_heap() -> None:
+    """Give the heap's free pages back after a large set (glibc; elsewhere nothing): the
+    request's transient objects are freed by then, the configuration stays."""
+    global _libc
+    if _libc is None:
+        import ctypes
+        import ctypes.util
+
+        try:
+            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            getattr(_libc, "malloc_trim")  # noqa: B009 -- glibc only
+        except (OSError, AttributeError):
+            _libc = False
+    if _libc:
+        _libc.malloc_trim(0)
+
+
+_libc: object = None
+
+
 def peer_name(public_key: bytes) -> str:
     """How logs name a peer: the ends of its public key, as wireguard-go does."""
     import base64
@@ -661,6 +684,8 @@ class Device:
             for change in ps.allowed_ips:
                 batch.allowed(pid, change.key, change.remove)
         batch.flush()
+        if len(req.peers) >= TRIM_AFTER_PEERS:
+            _trim_heap()
         self._kick()
 
     # ---- the Python API (thin wrappers over the same apply path) ------------------------------
