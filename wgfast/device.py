@@ -16,6 +16,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import errno
+import gc
 import ipaddress
 import logging
 import os
@@ -686,6 +687,8 @@ class Device:
         batch.flush()
         if len(req.peers) >= TRIM_AFTER_PEERS:
             _trim_heap()
+            # What is alive now is the configuration: later collections need not walk it.
+            gc.freeze()
         self._kick()
 
     # ---- the Python API (thin wrappers over the same apply path) ------------------------------

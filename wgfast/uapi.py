@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno as _errno
+import gc
 import inspect
 import ipaddress
 import logging
@@ -641,7 +642,14 @@ class UapiServer:
             log.exception("UAPI get failed")
             return None
 
+    LARGE_SET = 1 << 20     # characters: a set this large is parsed with the cyclic GC paused
+
     async def _set(self, lines: str) -> int:
+        # The cyclic GC would walk every object so far, again and again, while a large request
+        # makes millions of them (none in cycles): paused, a million peers parse in linear time.
+        paused = len(lines) >= self.LARGE_SET and gc.isenabled()
+        if paused:
+            gc.disable()
         try:
             req = parse_set(lines)
             res = self.handler.uapi_set(req)
@@ -654,3 +662,6 @@ class UapiServer:
         except Exception:
             log.exception("UAPI set failed")
             return IPC_ERROR_UNKNOWN
+        finally:
+            if paused:
+                gc.enable()
