@@ -41,6 +41,22 @@ def test_handshake(benchmark):
     benchmark(ctx.one)
 
 
+def test_handshake_among_100k_configured(benchmark):
+    """The same, with the responder's peer looked up in a 100,000-peer table (peers.py)."""
+    from wgfast.peers import PeerTable
+
+    ctx = _Ctx()
+    t = PeerTable(200_000)
+    t.grow(100_001)
+    for _ in range(100_000):
+        t.add(os.urandom(32))
+    pid = t.add(ctx.a.public)
+    t.set_preshared_key(pid, ctx.pa.psk)
+    ctx.peers_b = t.by_key
+    ctx.pb = t.peer(pid)
+    benchmark(ctx.one)
+
+
 def test_x25519_baseline(benchmark):
     k, p = N.generate_private(), N.StaticIdentity.generate().public
     benchmark(N.dh, k, p)

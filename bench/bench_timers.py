@@ -1,4 +1,4 @@
-"""One timer evaluation over 100,000 peers.
+"""One timer evaluation over 100,000 (and 1,000,000) peers.
 
     python3 -m pytest bench/bench_timers.py
     python3 bench/bench_timers.py
@@ -36,6 +36,12 @@ def _world(n: int = N_PEERS, seed: int = 0):
 def test_evaluate_100k(benchmark):
     c, s, now, rng = _world()
     benchmark(lambda: evaluate(c, s, now, rng))
+
+
+def test_evaluate_1m(benchmark):
+    # The tables grow without limit: one evaluation over a million peers.
+    c, s, now, rng = _world(1_000_000)
+    benchmark.pedantic(lambda: evaluate(c, s, now, rng), rounds=5, iterations=1)
 
 
 def test_numpy_baseline_100k(benchmark):

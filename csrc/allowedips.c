@@ -178,8 +178,9 @@ int wg_aip_lookup_nolock(struct wg_aip *t, int family, const uint8_t *addr)
 }
 
 static int tree_insert(struct wg_aip *t, int bits, const uint64_t a[2], unsigned cidr,
-                       int32_t peer)
+                       int32_t peer, int32_t *prev)
 {
+    *prev = -1;
     uint64_t m[2], k[2];
     make_mask(cidr, m);
     k[0] = a[0] & m[0];
@@ -188,6 +189,7 @@ static int tree_insert(struct wg_aip *t, int bits, const uint64_t a[2], unsigned
     struct aip_node *parent = NULL, *n = t->root;
     while (n && n->cidr <= cidr && node_matches(n, k)) {
         if (n->cidr == cidr) {
+            *prev = n->peer;
             n->peer = peer;         /* an existing prefix moves to the new peer */
             return 0;
         }
@@ -266,20 +268,93 @@ static int prep(wg_dp *dp, int family, uint8_t cidr, struct wg_aip **t, int *bit
     return 0;
 }
 
+/* Owner counts after an insert that moved a prefix from prev (-1 = new) to peer. */
+static void count_move(wg_dp *dp, int32_t prev, uint32_t peer)
+{
+    if (prev >= 0 && dp->aip_count[prev])
+        dp->aip_count[prev]--;
+    dp->aip_count[peer]++;
+}
+
 int wg_aip_insert(wg_dp *dp, int family, const uint8_t *addr, uint8_t cidr, uint32_t peer)
 {
     struct wg_aip *t;
     int bits, rc = prep(dp, family, cidr, &t, &bits);
     if (rc)
         return rc;
-    if (peer >= dp->max_peers)
-        return -EINVAL;
     uint64_t a[2];
+    int32_t prev;
     load_addr(bits, addr, a);
     pthread_rwlock_wrlock(&dp->lock);
-    rc = tree_insert(t, bits, a, cidr, (int32_t)peer);
+    rc = peer < dp->clocks.max_peers ? tree_insert(t, bits, a, cidr, (int32_t)peer, &prev)
+                                     : -EINVAL;
+    if (rc == 0)
+        count_move(dp, prev, peer);
     pthread_rwlock_unlock(&dp->lock);
     return rc;
+}
+
+/* Entries of a batch: all checked before anything changes. */
+static int check_many(wg_dp *dp, const uint8_t *family, const uint8_t *keys,
+                      const uint32_t *peers, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        int bits = family_bits(family[i]);
+        if (bits < 0 || keys[(size_t)i * 17 + 16] > bits || peers[i] >= dp->clocks.max_peers)
+            return -EINVAL;
+    }
+    return 0;
+}
+
+int wg_aip_insert_many(wg_dp *dp, const uint8_t *family, const uint8_t *keys,
+                       const uint32_t *peers, uint32_t n, int32_t *prev)
+{
+    pthread_rwlock_wrlock(&dp->lock);
+    int rc = check_many(dp, family, keys, peers, n);
+    for (uint32_t i = 0; i < n && rc == 0; i++) {
+        const uint8_t *k = keys + (size_t)i * 17;
+        int bits = family_bits(family[i]);
+        uint64_t a[2];
+        int32_t was;
+        load_addr(bits, k, a);
+        rc = tree_insert(family[i] == 2 ? dp->aip4 : dp->aip6, bits, a, k[16],
+                         (int32_t)peers[i], &was);
+        if (rc == 0)
+            count_move(dp, was, peers[i]);
+        if (rc == 0 && prev)
+            prev[i] = was;
+        if (rc)
+            rc = rc == -ENOMEM && i ? (int)i : rc;
+    }
+    pthread_rwlock_unlock(&dp->lock);
+    return rc == 0 ? (int)n : rc;
+}
+
+int wg_aip_remove_many(wg_dp *dp, const uint8_t *family, const uint8_t *keys,
+                       const uint32_t *peers, uint32_t n, int32_t *prev)
+{
+    pthread_rwlock_wrlock(&dp->lock);
+    int rc = check_many(dp, family, keys, peers, n);
+    for (uint32_t i = 0; i < n && rc == 0; i++) {
+        const uint8_t *k = keys + (size_t)i * 17;
+        int bits = family_bits(family[i]);
+        uint64_t a[2], m[2];
+        load_addr(bits, k, a);
+        make_mask(k[16], m);
+        a[0] &= m[0];
+        a[1] &= m[1];
+        struct aip_node *nd = find_exact(family[i] == 2 ? dp->aip4 : dp->aip6, a, k[16]);
+        int32_t owner = nd ? nd->peer : -1;
+        if (prev)
+            prev[i] = owner;
+        if (owner >= 0 && owner == (int32_t)peers[i]) {
+            if (dp->aip_count[owner])
+                dp->aip_count[owner]--;
+            remove_node(family[i] == 2 ? dp->aip4 : dp->aip6, nd);
+        }
+    }
+    pthread_rwlock_unlock(&dp->lock);
+    return rc == 0 ? (int)n : rc;
 }
 
 int wg_aip_remove(wg_dp *dp, int family, const uint8_t *addr, uint8_t cidr)
@@ -295,8 +370,11 @@ int wg_aip_remove(wg_dp *dp, int family, const uint8_t *addr, uint8_t cidr)
     a[1] &= m[1];
     pthread_rwlock_wrlock(&dp->lock);
     struct aip_node *n = find_exact(t, a, cidr);
-    if (n && n->peer >= 0)
+    if (n && n->peer >= 0) {
+        if (dp->aip_count[n->peer])
+            dp->aip_count[n->peer]--;
         remove_node(t, n);
+    }
     else
         rc = -ENOENT;
     pthread_rwlock_unlock(&dp->lock);
@@ -357,8 +435,13 @@ static void remove_peer_tree(struct wg_aip *t, int32_t peer)
 void wg_aip_remove_peer(wg_dp *dp, uint32_t peer)
 {
     pthread_rwlock_wrlock(&dp->lock);
-    remove_peer_tree(dp->aip4, (int32_t)peer);
-    remove_peer_tree(dp->aip6, (int32_t)peer);
+    /* A walk of both tries, unless the peer owns nothing (the control plane removes a
+     * peer's prefixes by name first: removing many peers stays linear). */
+    if (peer < dp->clocks.max_peers && dp->aip_count[peer]) {
+        remove_peer_tree(dp->aip4, (int32_t)peer);
+        remove_peer_tree(dp->aip6, (int32_t)peer);
+        dp->aip_count[peer] = 0;
+    }
     pthread_rwlock_unlock(&dp->lock);
 }
 

@@ -25,10 +25,103 @@ static void *zalloc(size_t n)
     return p;
 }
 
+#define PEERS_INITIAL 64
+
+void wg_dp_retire(wg_dp *dp, void *p)
+{
+    if (!p)
+        return;
+    if (dp->nretired == dp->cap_retired) {
+        uint32_t ncap = dp->cap_retired ? dp->cap_retired * 2 : 32;
+        void **nv = realloc(dp->retired, ncap * sizeof(*nv));
+        if (!nv)
+            return;         /* leak it rather than free memory a view may still read */
+        dp->retired = nv;
+        dp->cap_retired = ncap;
+    }
+    dp->retired[dp->nretired++] = p;
+}
+
+/* Grow every per-peer table to cap entries; caller holds the write lock (or owns dp). */
+static int grow_peers(wg_dp *dp, uint32_t cap)
+{
+    wg_peer_clocks *c = &dp->clocks;
+    uint32_t old = c->max_peers;
+    if (cap <= old)
+        return 0;
+    /* Allocate everything first so that a failure leaves the old tables in place. */
+    struct { void **tab; size_t size; int fill; } t[] = {
+        {(void **)&c->last_data_sent, sizeof(double), 0},
+        {(void **)&c->last_data_recv, sizeof(double), 0},
+        {(void **)&c->last_auth_sent, sizeof(double), 0},
+        {(void **)&c->last_auth_recv, sizeof(double), 0},
+        {(void **)&c->pending_data_sent, sizeof(double), 0},
+        {(void **)&c->pending_data_recv, sizeof(double), 0},
+        {(void **)&c->tx_bytes, sizeof(uint64_t), 0},
+        {(void **)&c->rx_bytes, sizeof(uint64_t), 0},
+        {(void **)&c->want_handshake, 1, 0},
+        {(void **)&c->active, 1, 0},
+        {(void **)&dp->endpoints, sizeof(wg_addr), 0},
+        {(void **)&dp->current, sizeof(int32_t), 0xff},
+        {(void **)&dp->kp_head, sizeof(int32_t), 0xff},
+        {(void **)&dp->last_need_event, sizeof(double), 0},
+        {(void **)&dp->aip_count, sizeof(uint32_t), 0},
+        {(void **)&dp->roams, sizeof(uint64_t), 0},
+    };
+    enum { NT = sizeof(t) / sizeof(t[0]) };
+    void *fresh[NT];
+    for (int i = 0; i < NT; i++) {
+        fresh[i] = zalloc((size_t)cap * t[i].size);
+        if (!fresh[i]) {
+            while (i--)
+                free(fresh[i]);
+            return -ENOMEM;
+        }
+        if (t[i].fill)
+            memset((uint8_t *)fresh[i] + (size_t)old * t[i].size, t[i].fill,
+                   (size_t)(cap - old) * t[i].size);
+        if (*t[i].tab)
+            memcpy(fresh[i], *t[i].tab, (size_t)old * t[i].size);
+    }
+    for (int i = 0; i < NT; i++) {
+        wg_dp_retire(dp, *t[i].tab);
+        *t[i].tab = fresh[i];
+    }
+    c->max_peers = cap;
+    return 0;
+}
+
+int wg_dp_reserve(wg_dp *dp, uint32_t npeers)
+{
+    if (npeers > dp->max_peers)
+        return -ENOSPC;
+    if (npeers <= __atomic_load_n(&dp->clocks.max_peers, __ATOMIC_RELAXED))
+        return 0;
+    uint32_t cap = dp->clocks.max_peers;
+    while (cap < npeers)
+        cap = cap > dp->max_peers / 2 ? dp->max_peers : cap * 2;
+    pthread_rwlock_wrlock(&dp->lock);
+    int rc = grow_peers(dp, cap);
+    pthread_rwlock_unlock(&dp->lock);
+    return rc;
+}
+
+void wg_dp_free_retired(wg_dp *dp)
+{
+    /* Under the write lock: no batch can be using a table it read before the swap. */
+    pthread_rwlock_wrlock(&dp->lock);
+    for (uint32_t i = 0; i < dp->nretired; i++)
+        free(dp->retired[i]);
+    dp->nretired = 0;
+    pthread_rwlock_unlock(&dp->lock);
+}
+
 wg_dp *wg_dp_new(uint32_t max_peers, uint32_t max_keypairs, uint32_t mtu)
 {
-    if (max_peers == 0 || max_keypairs == 0)
-        return NULL;
+    if (max_peers == 0 || max_peers > WG_PEERS_LIMIT)
+        max_peers = WG_PEERS_LIMIT;
+    if (max_keypairs == 0 || max_keypairs > WG_KEYPAIRS_LIMIT)
+        max_keypairs = WG_KEYPAIRS_LIMIT;
     wg_dp *dp = zalloc(sizeof(*dp));
     if (!dp)
         return NULL;
@@ -37,29 +130,8 @@ wg_dp *wg_dp_new(uint32_t max_peers, uint32_t max_keypairs, uint32_t mtu)
     dp->mtu = mtu;
     pthread_rwlock_init(&dp->lock, NULL);
 
-    wg_peer_clocks *c = &dp->clocks;
-    c->max_peers = max_peers;
-    c->last_data_sent = zalloc(max_peers * sizeof(double));
-    c->last_data_recv = zalloc(max_peers * sizeof(double));
-    c->last_auth_sent = zalloc(max_peers * sizeof(double));
-    c->last_auth_recv = zalloc(max_peers * sizeof(double));
-    c->pending_data_sent = zalloc(max_peers * sizeof(double));
-    c->pending_data_recv = zalloc(max_peers * sizeof(double));
-    c->tx_bytes = zalloc(max_peers * sizeof(uint64_t));
-    c->rx_bytes = zalloc(max_peers * sizeof(uint64_t));
-    c->want_handshake = zalloc(max_peers);
-    c->active = zalloc(max_peers);
-    dp->endpoints = zalloc(max_peers * sizeof(wg_addr));
-    dp->current = zalloc(max_peers * sizeof(int32_t));
-    dp->last_need_event = zalloc(max_peers * sizeof(double));
-    dp->roams = zalloc(max_peers * sizeof(uint64_t));
-
-    dp->keypairs = zalloc((size_t)max_keypairs * sizeof(struct wg_keypair));
-    uint32_t hs = 16;
-    while (hs < max_keypairs * 2)
-        hs <<= 1;
-    dp->kp_hash = zalloc(hs * sizeof(uint32_t));
-    dp->kp_hash_mask = hs - 1;
+    int ok = grow_peers(dp, max_peers < PEERS_INITIAL ? max_peers : PEERS_INITIAL) == 0;
+    ok = ok && wg_kp_init(dp, max_keypairs < 16 ? max_keypairs : 16) == 0;
 
     dp->aip4 = wg_aip_new();
     dp->aip6 = wg_aip_new();
@@ -70,18 +142,11 @@ wg_dp *wg_dp_new(uint32_t max_peers, uint32_t max_keypairs, uint32_t mtu)
     dp->stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     dp->tun_fd = dp->udp4_fd = dp->udp6_fd = -1;
 
-    if (!c->last_data_sent || !c->last_data_recv || !c->last_auth_sent || !c->last_auth_recv ||
-        !c->pending_data_sent || !c->pending_data_recv || !c->tx_bytes || !c->rx_bytes ||
-        !c->want_handshake || !c->active || !dp->endpoints || !dp->current ||
-        !dp->last_need_event || !dp->roams || !dp->keypairs || !dp->kp_hash || !dp->aip4 ||
-        !dp->aip6 || !dp->hs || !dp->side || dp->evfd < 0 || dp->stop_fd < 0) {
+    if (!ok || !dp->aip4 || !dp->aip6 || !dp->hs || !dp->side || dp->evfd < 0 ||
+        dp->stop_fd < 0) {
         wg_dp_free(dp);
         return NULL;
     }
-    for (uint32_t i = 0; i < max_peers; i++)
-        dp->current[i] = -1;
-    for (uint32_t i = 0; i < max_keypairs; i++)
-        pthread_mutex_init(&dp->keypairs[i].replay_lock, NULL);
     return dp;
 }
 
@@ -94,13 +159,13 @@ void wg_dp_free(wg_dp *dp)
     free(c->last_auth_sent); free(c->last_auth_recv);
     free(c->pending_data_sent); free(c->pending_data_recv);
     free(c->tx_bytes); free(c->rx_bytes); free(c->want_handshake); free(c->active);
-    free(dp->endpoints); free(dp->current); free(dp->last_need_event); free(dp->roams);
-    if (dp->keypairs) {
-        /* No key bytes outlive the data plane. */
-        explicit_bzero(dp->keypairs, (size_t)dp->max_keypairs * sizeof(struct wg_keypair));
-        free(dp->keypairs);
-    }
-    free(dp->kp_hash);
+    free(dp->endpoints); free(dp->current); free(dp->kp_head); free(dp->last_need_event);
+    free(dp->roams);
+    free(dp->aip_count);
+    for (uint32_t i = 0; i < dp->nretired; i++)
+        free(dp->retired[i]);
+    free(dp->retired);
+    wg_kp_free(dp);
     if (dp->aip4) wg_aip_free(dp->aip4);
     if (dp->aip6) wg_aip_free(dp->aip6);
     wg_hs_free(dp->hs);
@@ -161,9 +226,11 @@ static void peer_clear(wg_dp *dp, uint32_t p)
 
 int wg_peer_add(wg_dp *dp, uint32_t peer)
 {
-    if (peer >= dp->max_peers)
-        return -EINVAL;
     pthread_rwlock_wrlock(&dp->lock);
+    if (peer >= dp->clocks.max_peers) {
+        pthread_rwlock_unlock(&dp->lock);
+        return -EINVAL;
+    }
     peer_clear(dp, peer);
     dp->clocks.active[peer] = 1;
     pthread_rwlock_unlock(&dp->lock);
@@ -172,51 +239,77 @@ int wg_peer_add(wg_dp *dp, uint32_t peer)
 
 int wg_peer_remove(wg_dp *dp, uint32_t peer)
 {
-    if (peer >= dp->max_peers)
-        return -EINVAL;
-    /* Keypairs first (wg_keypair_remove takes the lock itself), then the rest. */
-    for (uint32_t i = 0; i < dp->max_keypairs; i++) {
-        pthread_rwlock_rdlock(&dp->lock);
-        int mine = dp->keypairs[i].in_use && dp->keypairs[i].peer == peer;
-        uint32_t idx = dp->keypairs[i].local_index;
+    pthread_rwlock_wrlock(&dp->lock);
+    if (peer >= dp->clocks.max_peers) {
         pthread_rwlock_unlock(&dp->lock);
-        if (mine)
-            wg_keypair_remove(dp, idx);
+        return -EINVAL;
     }
+    wg_kp_remove_peer_locked(dp, peer);
+    pthread_rwlock_unlock(&dp->lock);
     wg_aip_remove_peer(dp, peer);
     pthread_rwlock_wrlock(&dp->lock);
-    peer_clear(dp, peer);
+    peer_clear(dp, peer);           /* its staged packets and control flags go too */
     dp->clocks.active[peer] = 0;
+    /* Batches that looked this id up before now must not use it (see struct wg_dp). */
+    __atomic_store_n(&dp->id_epoch, dp->id_epoch + 1, __ATOMIC_RELEASE);
     pthread_rwlock_unlock(&dp->lock);
     return 0;
 }
 
 int wg_peer_set_endpoint(wg_dp *dp, uint32_t peer, const wg_addr *a)
 {
-    if (peer >= dp->max_peers)
-        return -EINVAL;
+    return wg_peer_set_endpoints(dp, &peer, a, 1);
+}
+
+int wg_peer_set_endpoints(wg_dp *dp, const uint32_t *peers, const wg_addr *addrs, uint32_t n)
+{
     pthread_rwlock_wrlock(&dp->lock);
-    dp->endpoints[peer] = *a;
+    int rc = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        if (peers[i] >= dp->clocks.max_peers) {
+            rc = -EINVAL;
+            continue;
+        }
+        dp->endpoints[peers[i]] = addrs[i];
+    }
     pthread_rwlock_unlock(&dp->lock);
-    return 0;
+    return rc;
+}
+
+int wg_peer_get_endpoints(wg_dp *dp, const uint32_t *peers, wg_addr *out, uint32_t n)
+{
+    pthread_rwlock_rdlock(&dp->lock);
+    int rc = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        if (peers[i] < dp->clocks.max_peers) {
+            out[i] = dp->endpoints[peers[i]];
+        } else {
+            memset(&out[i], 0, sizeof(out[i]));
+            rc = -EINVAL;
+        }
+    }
+    pthread_rwlock_unlock(&dp->lock);
+    return rc;
 }
 
 int wg_peer_get_endpoint(wg_dp *dp, uint32_t peer, wg_addr *out)
 {
-    if (peer >= dp->max_peers)
-        return -EINVAL;
     pthread_rwlock_rdlock(&dp->lock);
-    *out = dp->endpoints[peer];
+    int rc = peer < dp->clocks.max_peers ? 0 : -EINVAL;
+    if (!rc)
+        *out = dp->endpoints[peer];
     pthread_rwlock_unlock(&dp->lock);
-    return 0;
+    return rc;
 }
 
 void wg_peer_add_bytes(wg_dp *dp, uint32_t peer, uint64_t tx, uint64_t rx)
 {
-    if (peer >= dp->max_peers)
-        return;
-    __atomic_fetch_add(&dp->clocks.tx_bytes[peer], tx, __ATOMIC_RELAXED);
-    __atomic_fetch_add(&dp->clocks.rx_bytes[peer], rx, __ATOMIC_RELAXED);
+    pthread_rwlock_rdlock(&dp->lock);
+    if (peer < dp->clocks.max_peers) {
+        __atomic_fetch_add(&dp->clocks.tx_bytes[peer], tx, __ATOMIC_RELAXED);
+        __atomic_fetch_add(&dp->clocks.rx_bytes[peer], rx, __ATOMIC_RELAXED);
+    }
+    pthread_rwlock_unlock(&dp->lock);
 }
 
 void wg_dp_wake(wg_dp *dp)
@@ -304,4 +397,17 @@ int wg_dp_offloads(wg_dp *dp)
 {
     return (dp->tun_vnet & WG_TUN_VNET ? 1 : 0) | (dp->udp_gso4 ? 2 : 0) |
            (dp->udp_gso6 ? 4 : 0) | (dp->udp_gro ? 8 : 0) | (dp->tun_vnet & WG_TUN_USO ? 16 : 0);
+}
+
+void wg_dp_test_delay(wg_dp *dp, int where, uint32_t usec)
+{
+    if (where == WG_DELAY_SEND_ROUTED || where == WG_DELAY_RECV_OPENED)
+        __atomic_store_n(&dp->test_delay[where], usec, __ATOMIC_RELAXED);
+}
+
+void wg_test_pause(wg_dp *dp, int where)
+{
+    uint32_t us = __atomic_load_n(&dp->test_delay[where], __ATOMIC_RELAXED);
+    if (us)
+        usleep(us);
 }

@@ -18,6 +18,8 @@
  *   5. per peer, once per batch: clocks and byte counters stamped, the endpoint moved to the
  *      newest authenticated source and the local address it reached (roaming; a new local
  *      address alone also moves it), a rekey requested when our keypair is old;
+ *      steps 4-5 trust the peer ids step 3 found only if no peer id was released since the
+ *      batch began (dp->id_epoch), else the batch is a counted drop;
  *   6. the surviving packets are written to the TUN, one write each; with TUN offloads,
  *      consecutive segments of one TCP flow (and with USO, equal-sized datagrams of one UDP
  *      flow) are first joined into one super-packet (wg_gro_coalesce), so the kernel takes a
@@ -102,13 +104,25 @@ static void stamp(wg_dp *dp, uint32_t peer, double now, uint64_t bytes, int data
     __atomic_fetch_add(&c->rx_bytes[peer], bytes, __ATOMIC_RELAXED);
 }
 
-/* Steps 4 and 5 for slots [0, n) after wg_open_batch. */
-static void check_and_stamp(wg_dp *dp, wg_ring *r, uint32_t n, double now)
+/* Steps 4 and 5 for slots [0, n) after wg_open_batch, which ran under an earlier hold of the
+ * lock: if a peer id was released since epoch was read (before the open), an id in r->peer may
+ * name another peer now, so the batch is dropped rather than checked against its prefixes. */
+static void check_and_stamp(wg_dp *dp, wg_ring *r, uint32_t n, double now, uint32_t epoch)
 {
     struct seen seen[WG_IO_BATCH];          /* peers in this batch (the first 64 of them) */
     uint32_t nseen = 0;
 
     pthread_rwlock_rdlock(&dp->lock);
+    if (dp->id_epoch != epoch) {
+        pthread_rwlock_unlock(&dp->lock);
+        for (uint32_t i = 0; i < n; i++) {
+            if (r->status[i] == WG_OK) {
+                r->status[i] = WG_DROP_NO_KEYPAIR;
+                wg_drop(dp, WG_DROP_NO_KEYPAIR, 1);
+            }
+        }
+        return;
+    }
     for (uint32_t i = 0; i < n; i++) {
         if (r->status[i] != WG_OK)
             continue;
@@ -163,7 +177,7 @@ static void check_and_stamp(wg_dp *dp, wg_ring *r, uint32_t n, double now)
 
     if (moved) {
         pthread_rwlock_wrlock(&dp->lock);
-        for (uint32_t k = 0; k < nseen; k++)
+        for (uint32_t k = 0; k < nseen && dp->id_epoch == epoch; k++)
             if (dp->clocks.active[seen[k].peer]) {
                 if (!wg_addr_equal(&dp->endpoints[seen[k].peer], &seen[k].addr))
                     dp->roams[seen[k].peer]++;          /* under the write lock */
@@ -214,6 +228,7 @@ static void deliver(wg_dp *dp, wg_ring *r, uint32_t n, struct rxbatch *rb)
 static void process(wg_dp *dp, wg_ring *r, uint32_t n, struct rxbatch *rb)
 {
     double now = wg_now();
+    uint32_t epoch = wg_id_epoch(dp);      /* before the opens: see check_and_stamp */
     for (uint32_t i = 0; i < n; i++) {
         uint8_t *m = wg_slot(r, i);
         uint32_t len = r->len[i];
@@ -244,7 +259,8 @@ static void process(wg_dp *dp, wg_ring *r, uint32_t n, struct rxbatch *rb)
         wg_open_batch(dp, r, i, j - i, now);
         i = j;
     }
-    check_and_stamp(dp, r, n, now);
+    wg_test_pause(dp, WG_DELAY_RECV_OPENED);
+    check_and_stamp(dp, r, n, now, epoch);
     deliver(dp, r, n, rb);
 }
 

@@ -24,6 +24,10 @@
  *      kernel splits as late as it can;
  *   5. the per-peer clocks and byte counters are stamped once per peer per batch.
  *
+ * Steps 2, 3 and 5 each hold the configuration lock (read) once.  A peer id found in step 2
+ * is only trusted later if no peer id was released in between (dp->id_epoch, kept in the
+ * ring): otherwise the batch is dropped, since the id may name another peer by then.
+ *
  * The control plane sends keepalives (and wg_stage_flush staged packets) with wg_send_packet,
  * which takes the same path (steps 3-5) for one packet.  With WG_THREADS_PIPELINE, steps 1-2
  * stay on this thread and steps 3-5 run on a second one (wg_pipe), each batch in a ring of its
@@ -247,19 +251,30 @@ static void send_family(wg_dp *dp, wg_ring *r, uint32_t n, int family, int fd, s
 static void seal_and_send(wg_dp *dp, wg_ring *r, uint32_t n, double now, struct txbatch *tb,
                           int stage)
 {
-    wg_peer_clocks *c = &dp->clocks;
+    wg_peer_clocks *c;
     wg_seal_batch(dp, r, 0, n, now);
+
+    /* The peer ids were looked up under an earlier hold of the lock: if an id was released
+     * since, it may name another peer now, and what was sealed may be under its keys. */
+    pthread_rwlock_rdlock(&dp->lock);
+    if (dp->id_epoch != r->epoch) {
+        pthread_rwlock_unlock(&dp->lock);
+        wg_drop(dp, WG_DROP_NO_ROUTE, n);
+        for (uint32_t i = 0; i < n; i++)
+            r->status[i] = WG_DROP_NO_ROUTE;
+        return;
+    }
+    for (uint32_t i = 0; stage && i < n; i++) {
+        if (r->status[i] == WG_DROP_NO_KEY) {
+            /* Kept in C per peer (staging.c) until Python flushes them. */
+            wg_stage_put(dp, r->peer[i], wg_slot(r, i) + WG_HEADROOM, r->len[i]);
+            wg_want_handshake(dp, r->peer[i], now);
+        }
+    }
+    pthread_rwlock_unlock(&dp->lock);
 
     int any4 = 0, any6 = 0;
     for (uint32_t i = 0; i < n; i++) {
-        if (r->status[i] == WG_DROP_NO_KEY) {
-            if (stage) {
-                /* Kept in C per peer (staging.c) until Python flushes them. */
-                wg_stage_put(dp, r->peer[i], wg_slot(r, i) + WG_HEADROOM, r->len[i]);
-                wg_want_handshake(dp, r->peer[i], now);
-            }
-            continue;
-        }
         if (r->status[i] != WG_OK)
             continue;
         uint16_t fam = r->addr[i].family;
@@ -277,7 +292,14 @@ static void seal_and_send(wg_dp *dp, wg_ring *r, uint32_t n, double now, struct 
     if (any6)
         send_family(dp, r, n, AF_INET6, dp->udp6_fd, tb);
 
-    /* Clocks: once per run of one peer (batches are usually one peer). */
+    /* Clocks: once per run of one peer (batches are usually one peer), under the lock, as
+     * growth moves the tables; skipped if an id was released meanwhile. */
+    pthread_rwlock_rdlock(&dp->lock);
+    if (dp->id_epoch != r->epoch) {
+        pthread_rwlock_unlock(&dp->lock);
+        return;
+    }
+    c = &dp->clocks;
     uint32_t last_peer = UINT32_MAX;
     uint64_t bytes = 0;
     int data = 0;
@@ -304,6 +326,7 @@ static void seal_and_send(wg_dp *dp, wg_ring *r, uint32_t n, double now, struct 
         if (r->len[i] > WG_MIN_DATA_LEN)
             data = 1;
     }
+    pthread_rwlock_unlock(&dp->lock);
 }
 
 /* A TUN read held in big while it is cut into slots, possibly across several batches. */
@@ -432,6 +455,7 @@ int wg_run_send(wg_dp *dp)
         int last_peer = -1, last_fam = 0;
         uint8_t last_dst[16];
         pthread_rwlock_rdlock(&dp->lock);
+        r->epoch = dp->id_epoch;
         for (uint32_t i = 0; i < n; i++) {
             int fam;
             const uint8_t *p = wg_slot(r, i) + WG_HEADROOM;
@@ -475,6 +499,8 @@ int wg_run_send(wg_dp *dp)
             keep++;
         }
         pthread_rwlock_unlock(&dp->lock);
+        if (keep)
+            wg_test_pause(dp, WG_DELAY_SEND_ROUTED);
         if (keep && pipe) {
             wg_pipe_put(pipe, r, keep);
             r = wg_pipe_take(pipe);
@@ -496,7 +522,7 @@ int wg_send_packet(wg_dp *dp, uint32_t peer, const uint8_t *pkt, uint32_t len, d
 {
     static __thread wg_ring *r;
     static __thread struct txbatch *tb;
-    if (peer >= dp->max_peers)
+    if (peer >= __atomic_load_n(&dp->clocks.max_peers, __ATOMIC_ACQUIRE))
         return WG_DROP_NO_ROUTE;
     /* Allocated on first use, each retried until it exists: half a pair must not be used. */
     if (!r)
@@ -512,6 +538,7 @@ int wg_send_packet(wg_dp *dp, uint32_t peer, const uint8_t *pkt, uint32_t len, d
     r->len[0] = len;
     r->peer[0] = peer;
     r->status[0] = WG_OK;
+    r->epoch = wg_id_epoch(dp);
     seal_and_send(dp, r, 1, now, tb, 0);
     return r->status[0];
 }

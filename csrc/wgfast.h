@@ -74,7 +74,7 @@ typedef struct {
     uint32_t  nslots;
     uint32_t  slot_size;    /* HEADROOM + data_cap + TAILROOM, rounded up to 64 */
     uint32_t  data_cap;     /* largest plaintext a slot holds */
-    uint32_t  _pad;
+    uint32_t  epoch;        /* send: the peer-id epoch the batch was routed under */
     uint8_t  *slab;         /* nslots * slot_size bytes, 64-byte aligned */
     uint32_t *len;          /* plaintext length before seal / message length after; see below */
     uint32_t *peer;         /* peer id */
@@ -134,7 +134,9 @@ int  wg_replay_update(wg_replay *w, uint64_t counter);        /* 1 = accepted an
 typedef struct wg_dp wg_dp;         /* opaque */
 
 /* Per-peer clocks and counters, each an array of max_peers entries that Python reads (and
- * timers.py evaluates) in place as numpy arrays.  C stamps them once per batch. */
+ * timers.py evaluates) in place as numpy arrays.  C stamps them once per batch.  The tables
+ * grow (wg_dp_reserve): max_peers here is the current capacity, and after growth every
+ * pointer is new -- Python must take its views again. */
 typedef struct {
     uint32_t  max_peers;
     uint32_t  _pad;
@@ -150,7 +152,16 @@ typedef struct {
     uint8_t  *active;               /* 1 = the slot holds a configured peer */
 } wg_peer_clocks;
 
+/* max_peers / max_keypairs are upper bounds (0 = WG_PEERS_LIMIT / WG_KEYPAIRS_LIMIT); the
+ * tables start small and grow by themselves (keypairs) or through wg_dp_reserve (peers). */
+#define WG_PEERS_LIMIT     16777216
+#define WG_KEYPAIRS_LIMIT  67108864
 wg_dp          *wg_dp_new(uint32_t max_peers, uint32_t max_keypairs, uint32_t mtu);
+/* Make room for peer ids [0, npeers): 0, -ENOSPC beyond max_peers, -ENOMEM.  The old tables
+ * stay allocated (views of them stay readable) until wg_dp_free_retired, which the caller
+ * runs once it holds views of the new ones only. */
+int             wg_dp_reserve(wg_dp *dp, uint32_t npeers);
+void            wg_dp_free_retired(wg_dp *dp);
 void            wg_dp_free(wg_dp *dp);
 wg_peer_clocks *wg_dp_clocks(wg_dp *dp);
 uint64_t       *wg_dp_drops(wg_dp *dp);                 /* WG_DROP_NREASONS counters */
@@ -168,9 +179,14 @@ uint32_t        wg_events_pending(wg_dp *dp);           /* events waiting for Py
 uint64_t       *wg_dp_roams(wg_dp *dp);
 void            wg_dp_set_mtu(wg_dp *dp, uint32_t mtu);
 
-/* Peers.  Python allocates ids in [0, max_peers). */
+/* Peers.  Python allocates ids in [0, capacity) (wg_dp_reserve first).  Removing a peer
+ * releases its id: batches in flight that looked it up drop what they hold for it (the id
+ * epoch, see wgfast_internal.h), and its events still queued for Python are voided (type 0). */
 int  wg_peer_add(wg_dp *dp, uint32_t peer);             /* clears the peer's state, marks active */
 int  wg_peer_remove(wg_dp *dp, uint32_t peer);          /* drops its keypairs, allowed IPs, endpoint */
+/* Endpoints for n peers at once (configuration of many peers). */
+int  wg_peer_set_endpoints(wg_dp *dp, const uint32_t *peers, const wg_addr *addrs, uint32_t n);
+int  wg_peer_get_endpoints(wg_dp *dp, const uint32_t *peers, wg_addr *out, uint32_t n);
 int  wg_peer_set_endpoint(wg_dp *dp, uint32_t peer, const wg_addr *a);
 int  wg_peer_get_endpoint(wg_dp *dp, uint32_t peer, wg_addr *out);
 void wg_peer_add_bytes(wg_dp *dp, uint32_t peer, uint64_t tx, uint64_t rx);   /* handshake bytes */
@@ -212,6 +228,15 @@ void wg_aip_lookup_batch(wg_dp *dp, int family, const uint8_t *addrs, uint32_t s
 int  wg_aip_list(wg_dp *dp, int family, uint32_t peer, uint8_t *addrs, uint8_t *cidrs,
                  uint32_t max);
 uint32_t wg_aip_nodes(wg_dp *dp, int family);   /* trie nodes allocated (tests: no leaks) */
+/* n inserts / removes under one write lock.  keys[i * 17 ..]: 16 address bytes (IPv4 in the
+ * first 4) then the cidr; family[i] 2 or 10.  Insert: prev[i] = the prefix's owner before (-1
+ * = new).  Remove (of peer[i]'s prefix only): prev[i] = the owner found (-1 = none; removed
+ * only when it is peer[i]).  prev may be NULL.  Returns n, or -EINVAL naming nothing done
+ * (every entry is checked first), or -ENOMEM after the first i entries. */
+int  wg_aip_insert_many(wg_dp *dp, const uint8_t *family, const uint8_t *keys,
+                        const uint32_t *peers, uint32_t n, int32_t *prev);
+int  wg_aip_remove_many(wg_dp *dp, const uint8_t *family, const uint8_t *keys,
+                        const uint32_t *peers, uint32_t n, int32_t *prev);
 
 /* ---- what C hands to Python (dataplane.c, handshake_in.c, staging.c) ------------------ */
 /* One eventfd wakes Python for all of it.  Three paths that cannot crowd each other out:
@@ -308,6 +333,12 @@ void wg_dp_set_threads(wg_dp *dp, int mode);
 /* What the loops use now (udp_gso may have been turned off by a failed send): bit 0
  * tun_vnet, 1 udp_gso v4, 2 udp_gso v6, 3 udp_gro, 4 tun_uso. */
 int  wg_dp_offloads(wg_dp *dp);
+/* Tests: the loops sleep usec between the steps that hold the lock separately -- 1 = send,
+ * after routing and before sealing; 2 = receive, after opening and before the allowed-IPs
+ * check -- so a configuration change can be made to land in between.  0 = off (default). */
+#define WG_DELAY_SEND_ROUTED  1
+#define WG_DELAY_RECV_OPENED  2
+void wg_dp_test_delay(wg_dp *dp, int where, uint32_t usec);
 /* Seal and send one plaintext packet (len 0 = keepalive) to a peer now: staged packets and
  * keepalives from the control plane.  Returns WG_OK or a drop reason. */
 int  wg_send_packet(wg_dp *dp, uint32_t peer, const uint8_t *pkt, uint32_t len, double now);

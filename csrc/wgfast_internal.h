@@ -30,6 +30,7 @@ struct wg_keypair {
     uint64_t send_counter;           /* next counter to send under this keypair */
     uint8_t  send_key[WG_KEY_LEN];
     uint8_t  recv_key[WG_KEY_LEN];
+    int32_t  peer_next;              /* the peer's next keypair slot (list from kp_head), -1 */
     pthread_mutex_t replay_lock;        /* receive threads update the window under it */
     wg_replay replay;
 };
@@ -41,22 +42,39 @@ void wg_aip_free(struct wg_aip *t);
 int wg_aip_lookup_nolock(struct wg_aip *t, int family, const uint8_t *addr);
 
 struct wg_dp {
-    uint32_t max_peers;
-    uint32_t max_keypairs;
+    uint32_t max_peers;                 /* upper bound on peer ids (tables grow up to it) */
+    uint32_t max_keypairs;              /* upper bound on keypair slots */
     uint32_t mtu;
     /* Configuration lock: the control plane writes under it, the data plane reads a batch at a
-     * time under it.  Peers, keypairs, endpoints and allowed IPs are all behind it. */
+     * time under it.  Peers, keypairs, endpoints and allowed IPs are all behind it, and so are
+     * the table pointers below: they are swapped (tables grown) only under the write lock, so
+     * no pointer into a table may be kept past the read lock it was taken under. */
     pthread_rwlock_t lock;
 
+    /* Per-peer tables, cap_peers (= clocks.max_peers) entries each. */
     wg_peer_clocks clocks;
-    wg_addr  *endpoints;                /* max_peers */
+    wg_addr  *endpoints;
     int32_t  *current;                  /* peer -> keypair slot it sends with, -1 = none */
+    int32_t  *kp_head;                  /* peer -> first of its keypair slots, -1 = none */
+    uint32_t *aip_count;                /* peer -> prefixes it owns (removal walks only if > 0) */
     double   *last_need_event;          /* rate-limits WG_EV_NEED_HANDSHAKE per peer */
-    uint64_t *roams;                    /* max_peers: endpoint moved by authenticated data */
+    uint64_t *roams;                    /* endpoint moved by authenticated data */
+    /* Bumped (under the write lock) whenever a peer id is released: a batch that looked peer
+     * ids up under one hold of the lock and uses them under another checks it has not moved,
+     * as the id may by then name another peer. */
+    uint32_t  id_epoch;
 
-    struct wg_keypair *keypairs;        /* max_keypairs slots */
+    struct wg_keypair *keypairs;        /* cap_keypairs slots */
+    uint32_t  cap_keypairs;
+    uint32_t *kp_free;                  /* stack of free slots */
+    uint32_t  kp_nfree;
     uint32_t *kp_hash;                  /* open addressing: local index -> slot + 1, 0 empty */
     uint32_t  kp_hash_mask;
+
+    /* Tables replaced by growth stay allocated until Python has taken new views of them
+     * (wg_dp_free_retired) or wg_dp_free. */
+    void    **retired;
+    uint32_t  nretired, cap_retired;
 
     struct wg_aip *aip4, *aip6;
 
@@ -78,12 +96,20 @@ struct wg_dp {
     int udp_gro;                        /* UDP_GRO is on: reads may hold many datagrams */
     int threads;                        /* WG_THREADS_*: how each loop uses threads */
     int stop_fd;                        /* eventfd: readable once wg_dp_stop was called */
+    uint32_t test_delay[3];             /* wg_dp_test_delay, usec by WG_DELAY_* */
     int stop;                           /* __atomic builtins */
 };
 
 /* keypairs.c -- callers hold dp->lock (read or write). */
 struct wg_keypair *wg_kp_lookup(wg_dp *dp, uint32_t local_index);
 struct wg_keypair *wg_kp_current(wg_dp *dp, uint32_t peer);
+int  wg_kp_init(wg_dp *dp, uint32_t slots);         /* at wg_dp_new */
+void wg_kp_free(wg_dp *dp);
+/* Remove every keypair of a peer; caller holds the write lock. */
+void wg_kp_remove_peer_locked(wg_dp *dp, uint32_t peer);
+
+/* dataplane.c: keep an old table until wg_dp_free (caller holds the write lock). */
+void wg_dp_retire(wg_dp *dp, void *p);
 
 /* dataplane.c */
 void wg_drop(wg_dp *dp, int reason, uint32_t n);
@@ -103,6 +129,16 @@ struct wg_side *wg_side_new(void);
 void wg_side_free(struct wg_side *s);
 void wg_side_clear(wg_dp *dp, uint32_t peer);   /* staged packets and flags of a peer */
 void wg_ctl_set(wg_dp *dp, uint32_t peer, uint32_t flag, uint32_t confirmed);
+/* The id epoch, read at the start of a batch (see struct wg_dp). */
+static inline uint32_t wg_id_epoch(wg_dp *dp)
+{
+    return __atomic_load_n(&dp->id_epoch, __ATOMIC_ACQUIRE);
+}
+/* Raise WG_EV_NEED_HANDSHAKE for a peer at most once per second. */
+void wg_want_handshake(wg_dp *dp, uint32_t peer, double now);
+
+/* wg_dp_test_delay: a plain read per batch when off. */
+void wg_test_pause(wg_dp *dp, int where);
 
 /* Slot i of a ring, inline for the per-packet loops (wg_ring_slot checks its bounds). */
 static inline uint8_t *wg_slot(const wg_ring *r, uint32_t i)

@@ -350,3 +350,55 @@ def test_batch_and_event_counters(plane: Plane) -> None:
     batches = int(udp[:lib.WG_BATCH_BUCKETS].sum()) - before_n
     assert 1 <= batches <= 5
     assert len(plane.dp.pop_events()) == 5 and plane.dp.events_pending() == 0
+
+
+# ---- a peer id released while a batch holds it (issue 10.4c) ---------------------------------
+
+def _swap_peer0(plane: Plane, endpoint: tuple[str, int], aip: str) -> bytes:
+    """Remove peer 0 and configure another peer under the same id (last in, first out), with
+    keys of its own and `aip`; returns its sending key."""
+    dp = plane.dp
+    dp.peer_remove(0)
+    dp.peer_add(0)
+    key = os.urandom(32)
+    dp.keypair_install(0, 0x3333, 0x4444, key, key, time.monotonic(), initiator=True,
+                       current=True)
+    dp.set_endpoint(0, endpoint)
+    dp.aip_insert(0, ipaddress.ip_network(f"{aip}/32"))
+    return key
+
+
+@needs_root
+def test_plaintext_routed_to_a_released_id_is_not_sealed_to_its_next_owner(plane: Plane) -> None:
+    other = plane.udp_socket()          # the new owner of id 0
+    other.settimeout(1.0)
+    before = plane.drops(lib.WG_DROP_NO_ROUTE)
+    plane.dp.test_delay(lib.WG_DELAY_SEND_ROUTED, 400_000)
+    plane.app.sendto(b"for the old peer", (PEER_IP, 9))
+    time.sleep(0.15)                    # the batch is routed to id 0 and waiting
+    _swap_peer0(plane, other.getsockname(), PEER_IP)
+    with pytest.raises(TimeoutError):
+        other.recv(65536)               # nothing sealed under the new peer's key
+    assert until(lambda: plane.drops(lib.WG_DROP_NO_ROUTE) > before)
+    plane.dp.test_delay(lib.WG_DELAY_SEND_ROUTED, 0)
+    plane.app.sendto(b"for the new peer", (PEER_IP, 9))
+    assert other.recv(65536)[:1] == b"\x04"     # the new peer itself is reachable
+    other.close()
+
+
+@needs_root
+def test_message_opened_for_a_released_id_is_not_credited_to_its_next_owner(
+        plane: Plane) -> None:
+    port = plane.app.getsockname()[1]
+    plane.app.settimeout(1.0)
+    before = plane.drops(lib.WG_DROP_NO_KEYPAIR)
+    plane.dp.test_delay(lib.WG_DELAY_RECV_OPENED, 400_000)
+    pkt = udp4(PEER_IP, 7, LOCAL, port, b"from the old peer")
+    plane.remote.sendto(seal(plane.recv_key, LOCAL_INDEX, 0, pkt), plane.addr)
+    time.sleep(0.15)                    # opened under the old peer's keypair, waiting
+    # The new owner of id 0 has the same allowed IP: the source check alone would pass.
+    _swap_peer0(plane, plane.remote.getsockname(), PEER_IP)
+    with pytest.raises(TimeoutError):
+        plane.app.recv(65536)
+    assert until(lambda: plane.drops(lib.WG_DROP_NO_KEYPAIR) > before)
+    assert plane.dp.get_endpoint(0) == plane.remote.getsockname()

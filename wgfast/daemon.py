@@ -46,13 +46,13 @@ def _log_level() -> int:
 
 
 def _max_peers() -> int:
-    """Peers the data plane has room for (WGFAST_MAX_PEERS, default 1024): its tables are
-    allocated once, about 4 KB per peer."""
+    """An optional upper bound on peers (WGFAST_MAX_PEERS); 0, the default, is none: every
+    table grows as peers are added."""
     try:
-        n = int(os.environ.get("WGFAST_MAX_PEERS", "1024"))
+        n = int(os.environ.get("WGFAST_MAX_PEERS", "0"))
     except ValueError:
-        n = 1024
-    return min(max(n, 1), 1 << 20)
+        n = 0
+    return max(n, 0)
 
 
 def _parse(argv: list[str]) -> tuple[bool, str, str | None] | None:

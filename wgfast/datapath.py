@@ -261,6 +261,8 @@ def choose_backend(name: str | None = None) -> str:
     return best
 # ---- the data-plane handle the device drives -------------------------------------------------
 
+import errno  # noqa: E402
+
 Endpoint = tuple[str, int]          # (address, port); IPv6 scope as "fe80::1%eth0"
 
 
@@ -309,6 +311,30 @@ def addr_to_c(endpoint: Endpoint | None, out: object) -> None:
         out.src_ifindex = src[1] if ip.version == 6 else 0
 
 
+def _addr_dtype() -> np.dtype:
+    """wg_addr as numpy sees it, from cffi's layout (other fields may follow the four)."""
+    names = ["family", "port", "scope_id", "addr"]
+    return np.dtype({"names": names, "formats": ["<u2", "<u2", "<u4", ("u1", (16,))],
+                     "offsets": [ffi.offsetof("wg_addr", n) for n in names],
+                     "itemsize": ffi.sizeof("wg_addr")})
+
+
+ADDR_LAYOUT = _addr_dtype()
+
+
+def pack_endpoints(families: list[int], ports: list[int], scopes: list[int],
+                   packed: bytes) -> np.ndarray:
+    """Columns -> a wg_addr array for DataPlane.set_endpoints (packed: 16 bytes each, IPv4 in
+    the first 4)."""
+    n = len(families)
+    out = np.zeros(n, dtype=ADDR_LAYOUT)
+    out["family"] = families
+    out["port"] = ports
+    out["scope_id"] = scopes
+    out["addr"] = np.frombuffer(packed, dtype=np.uint8).reshape(n, 16)
+    return out
+
+
 def addr_from_c(a: object) -> Sticky | None:
     import ipaddress
     import socket
@@ -336,27 +362,20 @@ class DataPlane:
         "pending_data_sent", "pending_data_recv",
     )
 
-    def __init__(self, max_peers: int = 1024, max_keypairs: int = 0, mtu: int = 1420) -> None:
+    def __init__(self, max_peers: int = 0, max_keypairs: int = 0, mtu: int = 1420) -> None:
+        """max_peers / max_keypairs are upper bounds, 0 = C's limits (WG_PEERS_LIMIT,
+        WG_KEYPAIRS_LIMIT); the tables start small and grow."""
         init_aead()
-        if max_keypairs <= 0:
-            max_keypairs = max_peers * 3 + 16
         dp = lib.wg_dp_new(max_peers, max_keypairs, mtu)
         if dp == ffi.NULL:
             raise MemoryError("wg_dp_new failed")
         self._dp = ffi.gc(dp, lib.wg_dp_free)
-        self.max_peers = max_peers
-        c = lib.wg_dp_clocks(self._dp)
-        self.clocks = {f: _view(getattr(c, f), "double *", max_peers, "<f8")
-                       for f in self.CLOCK_FIELDS}
-        self.tx_bytes = _view(c.tx_bytes, "uint8_t *", max_peers, "<u8")
-        self.rx_bytes = _view(c.rx_bytes, "uint8_t *", max_peers, "<u8")
-        self.want_handshake = _view(c.want_handshake, "uint8_t *", max_peers, "u1")
-        self.active = _view(c.active, "uint8_t *", max_peers, "u1")
+        self.max_peers = max_peers or lib.WG_PEERS_LIMIT
+        self._take_views()
         self.drops = _view(lib.wg_dp_drops(self._dp), "uint8_t *", lib.WG_DROP_NREASONS, "<u8")
-        # Batch-size counters (rows WG_BATCH_TUN/UDP) and per-peer roaming counts, for metrics.
+        # Batch-size counters (rows WG_BATCH_TUN/UDP), for metrics.
         self.batches = _view(lib.wg_dp_batches(self._dp), "uint8_t *", 2 * lib.WG_BATCH_STRIDE,
                              "<u8").reshape(2, lib.WG_BATCH_STRIDE)
-        self.roams = _view(lib.wg_dp_roams(self._dp), "uint8_t *", max_peers, "<u8")
         self._addr = ffi.new("wg_addr *")
         self._threads: list[object] = []
         init_handshake_crypto()
@@ -367,6 +386,37 @@ class DataPlane:
         self._ctl_peers = ffi.new("uint32_t[]", self._ev_max)
         self._ctl_flags = ffi.new("uint32_t[]", self._ev_max)
         self._ctl_conf = ffi.new("uint32_t[]", self._ev_max)
+        self.on_grow: list[object] = []      # callables run after the views were replaced
+
+    def _take_views(self) -> None:
+        c = lib.wg_dp_clocks(self._dp)
+        n = self.capacity = int(c.max_peers)
+        self.clocks = {f: _view(getattr(c, f), "double *", n, "<f8") for f in self.CLOCK_FIELDS}
+        self.tx_bytes = _view(c.tx_bytes, "uint8_t *", n, "<u8")
+        self.rx_bytes = _view(c.rx_bytes, "uint8_t *", n, "<u8")
+        self.want_handshake = _view(c.want_handshake, "uint8_t *", n, "u1")
+        self.active = _view(c.active, "uint8_t *", n, "u1")
+        # Per-peer roaming counts (metrics), a per-peer table like the clocks.
+        self.roams = _view(lib.wg_dp_roams(self._dp), "uint8_t *", n, "<u8")
+
+    def reserve(self, npeers: int) -> bool:
+        """Room for peer ids [0, npeers).  True if the tables grew: every view above is then
+        new and on_grow callbacks have run (they must drop every view they took before: the
+        old tables are freed after them).  OverflowError beyond max_peers."""
+        if npeers <= self.capacity:
+            return False
+        r = lib.wg_dp_reserve(self._dp, npeers)
+        if r == -errno.ENOSPC:
+            raise OverflowError(f"more than {self.max_peers} peers")
+        if r != 0:
+            raise MemoryError("wg_dp_reserve failed")
+        self._take_views()
+        try:
+            for fn in self.on_grow:
+                fn()  # type: ignore[operator]
+        finally:
+            lib.wg_dp_free_retired(self._dp)
+        return True
 
     @property
     def handle(self) -> object:
@@ -377,6 +427,10 @@ class DataPlane:
 
     # peers
     def peer_add(self, peer: int) -> None:
+        try:
+            self.reserve(peer + 1)
+        except OverflowError:
+            raise ValueError(f"peer id {peer} out of range") from None
         if lib.wg_peer_add(self._dp, peer) != 0:
             raise ValueError(f"peer id {peer} out of range")
 
@@ -386,6 +440,21 @@ class DataPlane:
     def set_endpoint(self, peer: int, endpoint: Endpoint | None) -> None:
         addr_to_c(endpoint, self._addr)
         lib.wg_peer_set_endpoint(self._dp, peer, self._addr)
+
+    def set_endpoints(self, peers: list[int], addrs: np.ndarray) -> None:
+        """Endpoints of many peers in one call; addrs from pack_endpoints."""
+        ids = np.asarray(peers, dtype=np.uint32)
+        lib.wg_peer_set_endpoints(self._dp, ffi.from_buffer("uint32_t[]", ids),
+                                  ffi.from_buffer("wg_addr[]", addrs), len(peers))
+
+    def get_endpoints(self, peers: np.ndarray) -> np.ndarray:
+        """The endpoints of many peers (ADDR_LAYOUT records; family 0 = none)."""
+        ids = np.ascontiguousarray(peers, dtype=np.uint32)
+        out = np.zeros(len(ids), dtype=ADDR_LAYOUT)
+        lib.wg_peer_get_endpoints(self._dp, ffi.from_buffer("uint32_t[]", ids),
+                                  ffi.from_buffer("wg_addr[]", out, require_writable=True),
+                                  len(ids))
+        return out
 
     def get_endpoint(self, peer: int) -> Sticky | None:
         lib.wg_peer_get_endpoint(self._dp, peer, self._addr)
@@ -424,6 +493,31 @@ class DataPlane:
     def aip_remove_peer(self, peer: int) -> None:
         lib.wg_aip_remove_peer(self._dp, peer)
 
+    def aip_insert_many(self, families: bytes, keys: bytes, peers: list[int]) -> list[int]:
+        """Insert n prefixes (families: one byte each, 2 or 10; keys: 17 bytes each, 16 address
+        bytes then the cidr) under one lock; returns each prefix's previous owner (-1 new)."""
+        n = len(peers)
+        if not n:
+            return []
+        prev = ffi.new("int32_t[]", n)
+        r = lib.wg_aip_insert_many(self._dp, families, keys, ffi.new("uint32_t[]", peers), n,
+                                   prev)
+        if r != n:
+            raise OSError(-r if r < 0 else errno.ENOMEM, f"wg_aip_insert_many failed ({r})")
+        return list(ffi.unpack(prev, n))
+
+    def aip_remove_many(self, families: bytes, keys: bytes, peers: list[int]) -> list[int]:
+        """Remove each prefix if peers[i] owns it; returns the owners found (-1 none)."""
+        n = len(peers)
+        if not n:
+            return []
+        prev = ffi.new("int32_t[]", n)
+        r = lib.wg_aip_remove_many(self._dp, families, keys, ffi.new("uint32_t[]", peers), n,
+                                   prev)
+        if r != n:
+            raise OSError(-r, f"wg_aip_remove_many failed ({r})")
+        return list(ffi.unpack(prev, n))
+
     def aip_lookup(self, address: object) -> int | None:
         fam = 2 if address.version == 4 else 10
         r = lib.wg_aip_lookup(self._dp, fam, address.packed)
@@ -446,6 +540,8 @@ class DataPlane:
             n = lib.wg_events_pop(self._dp, self._evs, self._ev_data, self._ev_stride, want)
             for k in range(n):
                 e = self._evs[k]
+                if e.type == 0:
+                    continue        # voided: its peer was removed while it was queued
                 data = bytes(ffi.buffer(self._ev_data + k * self._ev_stride, e.len))
                 out.append((int(e.type), int(e.peer), int(e.receiver), addr_from_c(e.addr),
                             data))
@@ -526,6 +622,10 @@ class DataPlane:
         """Run-to-completion loops (default) or two-stage pipelines (before start())."""
         lib.wg_dp_set_threads(self._dp, lib.WG_THREADS_PIPELINE if pipeline
                               else lib.WG_THREADS_RTC)
+
+    def test_delay(self, where: int, usec: int) -> None:
+        """Tests: make the loops pause between two lock holds (WG_DELAY_*)."""
+        lib.wg_dp_test_delay(self._dp, where, usec)
 
     def offloads(self) -> dict[str, bool]:
         bits = lib.wg_dp_offloads(self._dp)

@@ -17,6 +17,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import errno
+import gc
 import ipaddress
 import logging
 import os
@@ -24,27 +25,30 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
 
 from wgfast import messages, timers
 from wgfast.cookie import CookieChecker, Verdict, source_bytes
-from wgfast.datapath import DataPlane, lib
+from wgfast.datapath import DataPlane, lib, pack_endpoints
 from wgfast.metrics import LatencyHistogram, MetricsServer
 from wgfast.noise import StaticIdentity
 from wgfast.peer import IndexTable, KeypairMaterial, Peer, consume_initiation
+from wgfast.peers import PeerTable, format_key, network_of_key, pack_keys
 from wgfast.ratelimiter import RateLimiter
 from wgfast.tun import Tun
 from wgfast.uapi import (
+    AllowedIpChange,
     DeviceSnapshot,
     Endpoint,
     PeerSnapshot,
     SetRequest,
     UapiError,
     UapiServer,
+    format_endpoint,
     parse_set,
 )
 
@@ -66,6 +70,29 @@ SOURCE_ERRNOS = frozenset({errno.EINVAL, errno.EADDRNOTAVAIL, errno.ENETUNREACH,
                            errno.EHOSTUNREACH, errno.ENODEV, errno.ENXIO})
 TUN_OFFLOADS = (lib.WG_TUN_F_CSUM | lib.WG_TUN_F_TSO4 | lib.WG_TUN_F_TSO6 | lib.WG_TUN_F_TSO_ECN)
 TUN_USO = lib.WG_TUN_F_USO4 | lib.WG_TUN_F_USO6
+
+
+TRIM_AFTER_PEERS = 4096         # a set this large leaves the parse's garbage all over the heap
+
+
+def _trim_heap() -> None:
+    """Give the heap's free pages back after a large set (glibc; elsewhere nothing): the
+    request's transient objects are freed by then, the configuration stays."""
+    global _libc
+    if _libc is None:
+        import ctypes
+        import ctypes.util
+
+        try:
+            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            getattr(_libc, "malloc_trim")  # noqa: B009 -- glibc only
+        except (OSError, AttributeError):
+            _libc = False
+    if _libc:
+        _libc.malloc_trim(0)
+
+
+_libc: object = None
 
 
 def peer_name(public_key: bytes) -> str:
@@ -95,17 +122,6 @@ class DeviceError(Exception):
 
 
 @dataclass
-class PeerConfig:
-    """What the user configured for a peer (the protocol state lives in peer.Peer)."""
-
-    public_key: bytes
-    peer_id: int
-    preshared_key: bytes = ZERO_KEY
-    persistent_keepalive: int = 0
-    allowed_ips: list[IPNetwork] = field(default_factory=list)
-
-
-@dataclass
 class Stats:
     """A peer's counters as the Python API reports them."""
 
@@ -128,6 +144,90 @@ def _endpoint_from_tuple(t: tuple[str, int] | None) -> Endpoint | None:
     return Endpoint(ipaddress.ip_address(host), port)
 
 
+class _ApplyBatch:
+    """The changes of one set request on their way to C: endpoints and allowed IPs go in a
+    few large calls (cffi's per-call cost dominates one small insert).  Allowed-IP changes are
+    queued in order and the per-peer sets updated from C's answers (each prefix's previous
+    owner), so a prefix taken from another peer costs one insert, never a search."""
+
+    def __init__(self, dev: Device) -> None:
+        self.dev = dev
+        self.t = dev.table
+        self.ep_ids: list[int] = []
+        self.ep_fam: list[int] = []
+        self.ep_port: list[int] = []
+        self.ep_scope: list[int] = []
+        self.ep_addr: list[bytes] = []
+        self.ops: list[tuple[int, bytes, bool]] = []    # (peer id, prefix key, remove)
+        self.queued: set[int] = set()                   # peer ids with queued changes
+
+    def endpoint(self, pid: int, ep: Endpoint) -> None:
+        packed = ep.address.packed
+        self.ep_ids.append(pid)
+        self.ep_fam.append(socket.AF_INET if len(packed) == 4 else socket.AF_INET6)
+        self.ep_port.append(ep.port)
+        self.ep_scope.append(ep.scope_id if len(packed) == 16 else 0)
+        self.ep_addr.append(packed if len(packed) == 16 else packed + bytes(12))
+
+    def allowed(self, pid: int, key: bytes, remove: bool) -> None:
+        self.ops.append((pid, key, remove))
+        self.queued.add(pid)
+
+    def same_allowed(self, pid: int, changes: list[AllowedIpChange]) -> bool:
+        """Whether replacing pid's prefixes with `changes` (all adds) changes nothing."""
+        cur = self.t.allowed(pid)
+        if len(cur) != len(changes) or any(c.remove for c in changes):
+            return False
+        if self.ops:
+            self.flush()        # queued moves may take some of pid's prefixes away
+        return list(cur) == [c.key for c in changes]
+
+    def clear_allowed(self, pid: int) -> None:
+        if pid in self.queued:
+            self.flush()
+        keys = list(self.t.allowed(pid))
+        if keys:
+            assert self.dev.dp is not None
+            fams, recs = pack_keys(keys)
+            self.dev.dp.aip_remove_many(fams, recs, [pid] * len(keys))
+            self.t.allowed(pid).clear()
+
+    def flush(self) -> None:
+        dp = self.dev.dp
+        assert dp is not None
+        if self.ep_ids:
+            dp.set_endpoints(self.ep_ids, pack_endpoints(
+                self.ep_fam, self.ep_port, self.ep_scope, b"".join(self.ep_addr)))
+            self.ep_ids, self.ep_fam, self.ep_port, self.ep_scope, self.ep_addr = \
+                [], [], [], [], []
+        ops, self.ops = self.ops, []
+        self.queued.clear()
+        aips = self.t.aips
+        i = 0
+        while i < len(ops):
+            # Runs of inserts or of removes, each one C call, applied in order.
+            remove = ops[i][2]
+            j = i
+            while j < len(ops) and ops[j][2] == remove:
+                j += 1
+            run = ops[i:j]
+            keys = [k for _, k, _ in run]
+            pids = [p for p, _, _ in run]
+            fams, recs = pack_keys(keys)
+            if remove:
+                owners = dp.aip_remove_many(fams, recs, pids)
+                for pid, key, owner in zip(pids, keys, owners, strict=True):
+                    if owner == pid:
+                        aips[pid].pop(key, None)    # type: ignore[union-attr]
+            else:
+                prev = dp.aip_insert_many(fams, recs, pids)
+                for pid, key, was in zip(pids, keys, prev, strict=True):
+                    if was >= 0 and was != pid:
+                        aips[was].pop(key, None)    # type: ignore[union-attr]
+                    aips[pid][key] = None           # type: ignore[index]
+            i = j
+
+
 class Device:
     """A userspace WireGuard interface.
 
@@ -136,7 +236,7 @@ class Device:
     >>> dev.add_peer(pub, endpoint="192.0.2.1:51820", allowed_ips=["10.0.0.2/32"])  # +SKIP
     """
 
-    def __init__(self, name: str, *, mtu: int = 1420, max_peers: int = 1024,
+    def __init__(self, name: str, *, mtu: int = 1420, max_peers: int = 0,
                  uapi_path: str | None = None, serve_uapi: bool = True,
                  aead: str | None = None, offloads: bool | None = None,
                  pipeline: bool | None = None) -> None:
@@ -147,7 +247,8 @@ class Device:
         self.tun_uso = False        # the TUN took TUN_F_USO4/6
         self.name = name
         self.mtu = mtu
-        self.max_peers = max_peers
+        # An upper bound only (0 = none but C's WG_PEERS_LIMIT): every table grows.
+        self.max_peers = max_peers if max_peers > 0 else lib.WG_PEERS_LIMIT
         self.uapi_path = uapi_path
         self.serve_uapi = serve_uapi
         self.aead_name = aead
@@ -160,23 +261,17 @@ class Device:
         self.fwmark = 0
         self.identity: StaticIdentity | None = None
         self.checker: CookieChecker | None = None
-        self.peers: dict[bytes, Peer] = {}              # by public key, in insertion order
-        self.configs: dict[bytes, PeerConfig] = {}
-        self.by_id: dict[int, Peer] = {}
+        self.table = PeerTable(self.max_peers)
+        self.peers = self.table.by_key          # Mapping: public key -> Peer, in order added
+        self.by_id = self.table.by_id           # Mapping: peer id -> Peer
+        self.timer_state = self.table.timer_state
         self.indices = IndexTable()
         self.ratelimiter = RateLimiter()
-        self.timer_state = timers.TimerState(max_peers)
-        self.last_handshake_wall = np.zeros(max_peers)
         self.rng = np.random.default_rng()
         self.handshake_drops = 0
-        # Read by wgfast.metrics at scrape time; each bumped once per handshake event.
-        self.handshakes_completed = np.zeros(max_peers, dtype=np.uint64)
-        self.handshake_timeouts = np.zeros(max_peers, dtype=np.uint64)
         self.handshake_outcomes = dict.fromkeys(
             ("accepted", "bad_mac1", "cookie_sent", "rate_limited"), 0)
         self.handshake_rtt = LatencyHistogram()
-        self._initiation_sent = np.zeros(max_peers)
-        self._free_ids = list(range(max_peers - 1, -1, -1))
         self._clocks: timers.Clocks | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
@@ -228,10 +323,10 @@ class Device:
         if why is not None:
             log.warning("%s: handshake MACs are checked in Python (slower under a flood)", why)
         self.dp = DataPlane(self.max_peers, mtu=self.mtu)
+        self.dp.on_grow.append(self._tables_grew)
+        self._tables_grew()
         if self.checker is not None:
             self.dp.set_handshake_keys(self.checker.mac1_key, self.checker.cookie_key)
-        self._clocks = timers.Clocks(want_handshake=self.dp.want_handshake,
-                                     active=self.dp.active, **self.dp.clocks)
         try:
             self._swap_sockets(*self._open_sockets(0, self.fwmark))
         except OSError as e:
@@ -256,7 +351,7 @@ class Device:
         if self.tun is not None:
             self.tun.close()
             self.tun = None
-        for peer in list(self.peers.values()):
+        for peer in list(self.table.live.values()):
             for idx in peer.zero_keys(self.indices):
                 if self.dp is not None:
                     self.dp.keypair_remove(idx)      # wiped in C, not only forgotten
@@ -416,32 +511,52 @@ class Device:
             return False
 
     # ---- peers --------------------------------------------------------------------------------
-    def _new_peer(self, public_key: bytes) -> Peer:
+    @property
+    def last_handshake_wall(self) -> np.ndarray:
+        return self.table.last_handshake_wall
+
+    @property
+    def handshakes_completed(self) -> np.ndarray:
+        return self.table.handshakes
+
+    @property
+    def handshake_timeouts(self) -> np.ndarray:
+        return self.table.handshake_timeouts
+
+    @property
+    def _initiation_sent(self) -> np.ndarray:
+        return self.table.initiation_sent
+
+    def _tables_grew(self) -> None:
+        """The C tables grew: the Python columns follow, and the timers read the new views."""
         assert self.dp is not None
-        pid = self._free_ids.pop()
-        peer = Peer(public_key, pid)
-        self.peers[public_key] = peer
-        self.configs[public_key] = PeerConfig(public_key, pid)
-        self.by_id[pid] = peer
+        self.table.grow(self.dp.capacity)
+        self._clocks = timers.Clocks(want_handshake=self.dp.want_handshake,
+                                     active=self.dp.active, **self.dp.clocks)
+
+    def _new_peer(self, public_key: bytes) -> int:
+        assert self.dp is not None
+        self.dp.reserve(self.table.next_id() + 1)      # grows self.table too
+        pid = self.table.add(public_key)
         self.dp.peer_add(pid)
-        self.timer_state.reset(pid)
-        self.last_handshake_wall[pid] = 0
-        self.handshakes_completed[pid] = self.handshake_timeouts[pid] = 0
-        return peer
+        return pid
 
     def _remove_peer(self, public_key: bytes) -> None:
         assert self.dp is not None
-        peer = self.peers.pop(public_key, None)
-        if peer is None:
+        pid = self.table.id_of(public_key)
+        if pid is None:
             return
-        cfg = self.configs.pop(public_key)
-        peer.zero_keys(self.indices)
-        peer.drop_staged()
-        self.dp.peer_remove(peer.peer_id)      # keypairs, allowed IPs, endpoint
-        self.timer_state.reset(peer.peer_id)
-        self.last_handshake_wall[peer.peer_id] = 0
-        del self.by_id[peer.peer_id]
-        self._free_ids.append(cfg.peer_id)
+        peer = self.table.live.get(pid)
+        if peer is not None:
+            peer.zero_keys(self.indices)
+            peer.drop_staged()
+        keys = list(self.table.allowed(pid))
+        if keys:
+            # By name, so C need not walk the whole trie for this peer.
+            fams, recs = pack_keys(keys)
+            self.dp.aip_remove_many(fams, recs, [pid] * len(keys))
+        self.dp.peer_remove(pid)      # keypairs, endpoint; its id is released
+        self.table.remove(public_key)
 
     def _expire_keys(self, peer: Peer) -> None:
         assert self.dp is not None
@@ -449,7 +564,7 @@ class Device:
             self.dp.keypair_remove(idx)
         self.timer_state.reset(peer.peer_id)
         self.timer_state.set_persistent_keepalive(
-            peer.peer_id, self.configs[peer.public_key].persistent_keepalive)
+            peer.peer_id, int(self.table.keepalive[peer.peer_id]))
 
     def _set_private_key(self, key: bytes) -> None:
         if key == ZERO_KEY:
@@ -468,8 +583,9 @@ class Device:
             # Our own public key cannot be a peer (wireguard-go drops it).
             if self.identity.public in self.peers:
                 self._remove_peer(self.identity.public)
-        # Sessions made with the old key are void: the next packet starts a handshake.
-        for peer in self.peers.values():
+        # Sessions made with the old key are void: the next packet starts a handshake.  Only
+        # peers with protocol state can have any.
+        for peer in list(self.table.live.values()):
             self._expire_keys(peer)
 
     # ---- UAPI ---------------------------------------------------------------------------------
@@ -481,18 +597,17 @@ class Device:
 
     def _snapshot(self) -> DeviceSnapshot:
         assert self.dp is not None
+        t = self.table
         peers = []
-        for pk, peer in self.peers.items():
-            cfg = self.configs[pk]
-            pid = peer.peer_id
-            wall = float(self.last_handshake_wall[pid])
+        for pk, pid in t.ids.items():
+            wall = float(t.last_handshake_wall[pid])
             sec = int(wall)
             peers.append(PeerSnapshot(
                 public_key=pk,
-                preshared_key=cfg.preshared_key,
+                preshared_key=t.preshared_key(pid),
                 endpoint=_endpoint_from_tuple(self.dp.get_endpoint(pid)),
-                persistent_keepalive_interval=cfg.persistent_keepalive,
-                allowed_ips=list(cfg.allowed_ips),
+                persistent_keepalive_interval=int(t.keepalive[pid]),
+                allowed_ips=[network_of_key(k) for k in t.allowed(pid)],
                 rx_bytes=int(self.dp.rx_bytes[pid]),
                 tx_bytes=int(self.dp.tx_bytes[pid]),
                 last_handshake_time_sec=sec,
@@ -502,24 +617,81 @@ class Device:
             private_key=self.identity.private if self.identity else ZERO_KEY,
             listen_port=self.listen_port, fwmark=self.fwmark, peers=peers)
 
+    GET_BLOCK = 512             # peers per piece of a streamed get reply
+
+    def uapi_get_chunks(self) -> Iterator[str]:
+        """The get reply in pieces, made as the server writes them (a large device never
+        becomes one string).  The server awaits between pieces, so peers are taken from a
+        list made at the start, and one removed meanwhile (its id released) is left out."""
+        assert self.dp is not None
+        t = self.table
+        head: list[str] = []
+        if self.identity is not None:
+            head.append(f"private_key={self.identity.private.hex()}\n")
+        if self.listen_port:
+            head.append(f"listen_port={self.listen_port}\n")
+        if self.fwmark:
+            head.append(f"fwmark={self.fwmark}\n")
+        order = list(t.ids.items())
+        gens = t.gen.copy()             # generations as of the start
+        out = head
+        for at in range(0, len(order), self.GET_BLOCK):
+            block = [(pk, pid) for pk, pid in order[at:at + self.GET_BLOCK]
+                     if t.valid(pid, int(gens[pid]))]
+            if not block:
+                continue
+            ids = np.fromiter((pid for _, pid in block), dtype=np.int64, count=len(block))
+            eps = self.dp.get_endpoints(ids)
+            fam, port, scope = (eps["family"].tolist(), eps["port"].tolist(),
+                                eps["scope_id"].tolist())
+            addrs = eps["addr"].tobytes()
+            tx, rx = self.dp.tx_bytes[ids].tolist(), self.dp.rx_bytes[ids].tolist()
+            ka = t.keepalive[ids].tolist()
+            wall = t.last_handshake_wall[ids].tolist()
+            for k, (pk, pid) in enumerate(block):
+                ep = format_endpoint(fam[k], port[k], scope[k], addrs[16 * k:16 * k + 16])
+                sec = int(wall[k])
+                nsec = int(round((wall[k] - sec) * 1e9)) if sec else 0
+                out.append(f"public_key={pk.hex()}\npreshared_key={t.preshared_key(pid).hex()}\n"
+                           "protocol_version=1\n")
+                if ep is not None:
+                    out.append(f"endpoint={ep}\n")
+                out.append(f"last_handshake_time_sec={sec}\nlast_handshake_time_nsec={nsec}\n"
+                           f"tx_bytes={tx[k]}\nrx_bytes={rx[k]}\n"
+                           f"persistent_keepalive_interval={ka[k]}\n")
+                aips = t.aips[pid]
+                if aips:
+                    out.extend([f"allowed_ip={format_key(key)}\n" for key in aips])
+            yield "".join(out)
+            out = []
+        out.append("errno=0\n\n")
+        yield "".join(out)
+
     def _apply(self, req: SetRequest) -> None:
         """Apply a whole set request or nothing: everything that can fail is checked (or
-        prepared, like a new listening socket) before the first change is made."""
+        prepared, like a new listening socket) before the first change is made.  The cost is
+        what the request changes: no step walks every configured peer (but replace_peers)."""
         assert self.dp is not None
+        t = self.table
         own = self.identity.public if self.identity else None
         if req.private_key is not None and req.private_key != ZERO_KEY:
             own = StaticIdentity(req.private_key).public
-        existing = set() if req.replace_peers else set(self.peers)
-        new_keys: set[bytes] = set()
+        present: dict[bytes, bool] = {}     # key -> configured after the blocks so far
+        count = 0 if req.replace_peers else len(t)
         for ps in req.peers:
-            if ps.public_key == own:
+            pk = ps.public_key
+            if pk == own:
                 continue
+            was = present.get(pk)
+            if was is None:
+                was = not req.replace_peers and pk in t
             if ps.remove:
-                existing.discard(ps.public_key)
-                new_keys.discard(ps.public_key)
-            elif ps.public_key not in existing and not ps.update_only:
-                new_keys.add(ps.public_key)
-        if len(existing | new_keys) > self.max_peers:
+                count -= was
+                present[pk] = False
+            elif not was and not ps.update_only:
+                count += 1
+                present[pk] = True
+        if count > self.max_peers:
             raise UapiError(errno.ENOSPC, "too many peers")
         socks = None
         if req.listen_port is not None and (req.listen_port != self.listen_port
@@ -531,7 +703,7 @@ class Device:
                 raise UapiError(errno.EADDRINUSE if e.errno == errno.EADDRINUSE else errno.EIO,
                                 f"cannot listen on port {req.listen_port}: {e}") from None
 
-        # From here on nothing fails.
+        # From here on nothing fails (but memory).
         if req.private_key is not None:
             self._set_private_key(req.private_key)
         if socks is not None:
@@ -539,49 +711,45 @@ class Device:
         if req.fwmark is not None:
             self._set_fwmark(req.fwmark)
         if req.replace_peers:
-            for pk in list(self.peers):
+            for pk in list(t.ids):
                 self._remove_peer(pk)
         own = self.identity.public if self.identity else None
+        batch = _ApplyBatch(self)
         for ps in req.peers:
             if ps.public_key == own:
                 continue
             if ps.remove:
+                batch.flush()
                 self._remove_peer(ps.public_key)
                 continue
-            peer = self.peers.get(ps.public_key)
-            if peer is None:
+            pid = t.id_of(ps.public_key)
+            if pid is None:
                 if ps.update_only:
                     continue
-                peer = self._new_peer(ps.public_key)
-            cfg = self.configs[ps.public_key]
-            pid = peer.peer_id
+                pid = self._new_peer(ps.public_key)
             if ps.preshared_key is not None:
-                cfg.preshared_key = ps.preshared_key
-                peer.psk = ps.preshared_key
+                t.set_preshared_key(pid, ps.preshared_key)
             if ps.endpoint is not None:
-                self.dp.set_endpoint(pid, _endpoint_tuple(ps.endpoint))
+                batch.endpoint(pid, ps.endpoint)
             if ps.persistent_keepalive_interval is not None:
-                was = cfg.persistent_keepalive
-                cfg.persistent_keepalive = ps.persistent_keepalive_interval
-                if ps.persistent_keepalive_interval != was:
-                    self.timer_state.set_persistent_keepalive(pid, ps.persistent_keepalive_interval)
+                ka = ps.persistent_keepalive_interval
+                if ka != int(t.keepalive[pid]):
+                    t.keepalive[pid] = ka
+                    live = t.live.get(pid)
+                    if live is not None:
+                        live.persistent_keepalive = ka
+                    self.timer_state.set_persistent_keepalive(pid, ka)
             if ps.replace_allowed_ips:
-                self.dp.aip_remove_peer(pid)
-                cfg.allowed_ips.clear()
+                if batch.same_allowed(pid, ps.allowed_ips):
+                    continue        # `wg syncconf` sends every peer's prefixes again
+                batch.clear_allowed(pid)
             for change in ps.allowed_ips:
-                net = change.network
-                if change.remove:
-                    if net in cfg.allowed_ips:
-                        cfg.allowed_ips.remove(net)
-                        self.dp.aip_remove(net)
-                    continue
-                # A prefix belongs to one peer: taking it moves it.
-                for other in self.configs.values():
-                    if other is not cfg and net in other.allowed_ips:
-                        other.allowed_ips.remove(net)
-                if net not in cfg.allowed_ips:
-                    cfg.allowed_ips.append(net)
-                self.dp.aip_insert(pid, net)
+                batch.allowed(pid, change.key, change.remove)
+        batch.flush()
+        if len(req.peers) >= TRIM_AFTER_PEERS:
+            _trim_heap()
+            # What is alive now is the configuration: later collections need not walk it.
+            gc.freeze()
         self._kick()
 
     # ---- the Python API (thin wrappers over the same apply path) ------------------------------
@@ -600,7 +768,7 @@ class Device:
     def add_peer(self, public_key: bytes, *, endpoint: str | None = None,
                  allowed_ips: Iterable[str] = (), preshared_key: bytes | None = None,
                  persistent_keepalive: int | None = None) -> None:
-        from wgfast.uapi import AllowedIpChange, PeerSet
+        from wgfast.uapi import PeerSet
 
         ps = PeerSet(public_key=public_key, preshared_key=preshared_key,
                      endpoint=Endpoint.parse(endpoint) if endpoint else None,
@@ -615,6 +783,7 @@ class Device:
         self.uapi_set(SetRequest(peers=[PeerSet(public_key=public_key, remove=True)]))
 
     def stats(self) -> list[Stats]:
+        """Every peer's counters (the Python API's `wg show`)."""
         snap = self.uapi_get()
         return [Stats(p.public_key, p.endpoint, p.rx_bytes, p.tx_bytes,
                       (p.last_handshake_time_sec + p.last_handshake_time_nsec * 1e-9)

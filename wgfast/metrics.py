@@ -109,18 +109,18 @@ class Sample:
 def sample(dev: Device) -> Sample:
     """Copy the device's counters; runs in the control loop (or under its lock)."""
     from wgfast.datapath import DROP_REASONS, lib
+    from wgfast.peers import format_key
 
     def take() -> Sample:
         dp = dev.dp
         assert dp is not None
         peers = []
-        for pk, peer in dev.peers.items():
-            pid = peer.peer_id
-            cfg = dev.configs[pk]
+        table = dev.table
+        for pk, pid in table.ids.items():     # no protocol state is made for idle peers
             ep = dp.get_endpoint(pid)
             peers.append(PeerSample(
                 public_key=b64(pk),
-                allowed_ips=",".join(str(n) for n in cfg.allowed_ips),
+                allowed_ips=",".join(format_key(k) for k in table.allowed(pid)),
                 endpoint=_endpoint_text(ep),
                 rx_bytes=int(dp.rx_bytes[pid]), tx_bytes=int(dp.tx_bytes[pid]),
                 last_handshake=float(dev.last_handshake_wall[pid]),

@@ -61,7 +61,8 @@ class Clocks:
 
 
 class TimerState:
-    """The control plane's per-peer timer arrays (0 = never / none)."""
+    """The control plane's per-peer timer arrays (0 = never / none).  They grow with the
+    peer table (grow); evaluate() reads them afresh each time."""
 
     def __init__(self, max_peers: int) -> None:
         z = lambda: np.zeros(max_peers, dtype=np.float64)  # noqa: E731
@@ -78,6 +79,17 @@ class TimerState:
         self.persistent_interval = z()   # seconds, 0 = off
         self.persistent_sent = z()       # last persistent keepalive fired
         self.keepalive_sent = z()        # last keepalive fired
+
+    def grow(self, n: int) -> None:
+        """Make every array n long, keeping what is there (new entries 0)."""
+        if n <= self.max_peers:
+            return
+        for name, arr in list(vars(self).items()):
+            if isinstance(arr, np.ndarray):
+                b = np.zeros(n, dtype=arr.dtype)
+                b[: self.max_peers] = arr
+                setattr(self, name, b)
+        self.max_peers = n
 
     # -- events the device reports -----------------------------------------------------------
     def reset(self, i: int) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno as _errno
+import gc
 import inspect
 import ipaddress
 import logging
@@ -30,8 +31,11 @@ import os
 import re
 import socket
 import stat
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
+
+from wgfast.peers import format_key, key_of_network, network_of_key, prefix_key
 
 __all__ = [
     "UapiError",
@@ -97,9 +101,16 @@ _DIGITS = re.compile(r"[0-9]+")
 
 def parse_key_hex(value: str) -> bytes:
     """64 hex characters (either case) -> 32 bytes; UapiError(EINVAL) otherwise."""
-    if not _HEX_KEY.fullmatch(value):
-        raise UapiError(IPC_ERROR_INVALID, "a key is 64 hex characters")
-    return bytes.fromhex(value)
+    # fromhex skips whitespace, so 64 characters that are not all hex digits give fewer than
+    # 32 bytes or an error: no regex needed on this hot path (one per peer).
+    if len(value) == 64:
+        try:
+            b = bytes.fromhex(value)
+        except ValueError:
+            b = b""
+        if len(b) == KEY_LEN and value.isascii():
+            return b
+    raise UapiError(IPC_ERROR_INVALID, "a key is 64 hex characters")
 
 
 def _parse_uint(value: str, bits: int, what: str) -> int:
@@ -123,7 +134,7 @@ def _parse_ip(text: str, allow_scope: bool) -> IPAddress:
     return ipaddress.ip_address(text)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Endpoint:
     """A peer's UDP endpoint.  An IPv6 address may carry a scope (interface name or number)."""
 
@@ -133,6 +144,24 @@ class Endpoint:
     @classmethod
     def parse(cls, value: str) -> Endpoint:
         """`a.b.c.d:port` or `[v6addr%scope]:port`; ValueError when malformed."""
+        if "%" not in value:
+            # Fast path (one per peer in a large set): inet_pton validates, as strictly.
+            if value.startswith("["):
+                close = value.find("]")
+                host, port, fam = value[1:close], value[close + 2:], socket.AF_INET6
+                ok = close > 0 and value[close + 1:close + 2] == ":"
+            else:
+                host, _, port = value.rpartition(":")
+                fam, ok = socket.AF_INET, bool(host)
+            if ok and port.isdigit() and port.isascii() and int(port) <= 65535:
+                try:
+                    packed = socket.inet_pton(fam, host)
+                except (OSError, ValueError):
+                    packed = b""
+                if packed:
+                    addr: IPAddress = (ipaddress.IPv4Address(packed) if fam == socket.AF_INET
+                                       else ipaddress.IPv6Address(packed))
+                    return cls(addr, int(port))
         if value.startswith("["):
             close = value.find("]")
             if close < 0 or value[close + 1:close + 2] != ":":
@@ -175,6 +204,18 @@ class Endpoint:
         return f"{self.address}:{self.port}"
 
 
+def format_endpoint(family: int, port: int, scope: int, addr: bytes) -> str | None:
+    """A wg_addr's fields as an endpoint= value (None: no endpoint), as Endpoint.__str__."""
+    if family == socket.AF_INET:
+        return f"{socket.inet_ntop(socket.AF_INET, addr[:4])}:{port}"
+    if family != socket.AF_INET6:
+        return None
+    a = addr[:16]
+    host = (socket.inet_ntop(socket.AF_INET6, a) if a[:12] != bytes(12)
+            else str(ipaddress.IPv6Address(a)))      # glibc writes ::a.b.c.d, Go does not
+    return f"[{host}%{scope}]:{port}" if scope else f"[{host}]:{port}"
+
+
 def _format_ip(addr: IPAddress) -> str:
     # Go (netip) writes IPv4-mapped IPv6 with a dotted tail; Python 3.11 does not.
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
@@ -200,13 +241,32 @@ def format_network(net: IPNetwork) -> str:
 
 # ---- the set request ---------------------------------------------------------------------
 
-@dataclass(frozen=True)
 class AllowedIpChange:
-    network: IPNetwork
-    remove: bool = False        # `allowed_ip=-addr/cidr`: drop it if this peer owns it
+    """One `allowed_ip=` line.  Held as a prefix key (wgfast.peers.prefix_key: packed masked
+    address + cidr), the form the device stores; `network` builds the ipaddress object."""
+
+    __slots__ = ("key", "remove")
+
+    def __init__(self, network: IPNetwork | bytes, remove: bool = False) -> None:
+        self.key = network if isinstance(network, bytes) else key_of_network(network)
+        self.remove = remove        # `allowed_ip=-addr/cidr`: drop it if this peer owns it
+
+    @property
+    def network(self) -> IPNetwork:
+        return network_of_key(self.key)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, AllowedIpChange) and (self.key, self.remove) == (
+            other.key, other.remove)
+
+    def __hash__(self) -> int:
+        return hash((self.key, self.remove))
+
+    def __repr__(self) -> str:
+        return f"AllowedIpChange({format_key(self.key)!r}, remove={self.remove})"
 
 
-@dataclass
+@dataclass(slots=True)
 class PeerSet:
     """One `public_key=` block.  Blocks apply in order; the same key may appear again."""
 
@@ -234,10 +294,24 @@ class SetRequest:
     peers: list[PeerSet] = field(default_factory=list)
 
 
-def parse_set(lines: list[str] | str) -> SetRequest:
+def _iter_lines(text: str) -> Iterator[str]:
+    """The lines of text, one at a time: a large request never becomes a million strings at
+    once (they would stay behind as fragmented heap next to the configuration)."""
+    start = 0
+    find = text.find
+    while True:
+        end = find("\n", start)
+        if end < 0:
+            yield text[start:]
+            return
+        yield text[start:end]
+        start = end + 1
+
+
+def parse_set(lines: Iterable[str] | str) -> SetRequest:
     """Parse the key=value lines of a set request (without `set=1` and the blank line)."""
     if isinstance(lines, str):
-        lines = lines.split("\n")
+        lines = _iter_lines(lines)
     req = SetRequest()
     peer: PeerSet | None = None
     dead = False            # after remove=true the rest of the block is checked but ignored
@@ -248,6 +322,24 @@ def parse_set(lines: list[str] | str) -> SetRequest:
         if not sep:
             # The line itself is not echoed: it might be a key that lost its '='.
             raise UapiError(IPC_ERROR_PROTOCOL, f"line without '=' ({len(line)} characters)")
+        if peer is not None and not dead:
+            # The common lines of a large request, kept short (one call per line).
+            if key == "allowed_ip" and value[:1] != "-":
+                try:
+                    peer.allowed_ips.append(AllowedIpChange(prefix_key(value)))
+                except ValueError as e:
+                    raise UapiError(IPC_ERROR_INVALID, str(e)) from None
+                continue
+            if key == "endpoint":
+                try:
+                    peer.endpoint = Endpoint.parse(value)
+                except ValueError as e:
+                    raise UapiError(IPC_ERROR_INVALID, str(e)) from None
+                continue
+            if key == "replace_allowed_ips" and value == "true":
+                peer.replace_allowed_ips = True
+                peer.allowed_ips.clear()
+                continue
         if key == "public_key":
             peer = PeerSet(parse_key_hex(value))
             req.peers.append(peer)
@@ -318,11 +410,11 @@ def _peer_line(peer: PeerSet, key: str, value: str, dead: bool) -> None:
     elif key == "allowed_ip":
         remove = value.startswith("-")
         try:
-            net = parse_allowed_ip(value[1:] if remove else value)
+            k = prefix_key(value[1:] if remove else value)
         except ValueError as e:
             raise UapiError(IPC_ERROR_INVALID, str(e)) from None
         if not dead:
-            peer.allowed_ips.append(AllowedIpChange(net, remove))
+            peer.allowed_ips.append(AllowedIpChange(k, remove))
     elif key == "protocol_version":
         if value != "1":
             raise UapiError(IPC_ERROR_INVALID, f"unsupported protocol_version {value!r}")
@@ -389,6 +481,9 @@ class UapiHandler(Protocol):
 
     def uapi_set(self, req: SetRequest) -> None: ...
 
+# A handler may also offer uapi_get_chunks() -> Iterable[str]: the get reply (ending with
+# errno=0 and the blank line) in pieces, which the server then streams.
+
 
 def socket_path(iface: str) -> str:
     return os.path.join(SOCKET_DIR, f"{iface}.sock")
@@ -427,7 +522,8 @@ def _bind_uapi_socket(path: str) -> socket.socket:
 class UapiServer:
     """Serves the UAPI for one interface on an asyncio loop."""
 
-    MAX_REQUEST_LINES = 1 << 20
+    MAX_REQUEST_LINES = 1 << 24
+    MAX_REQUEST_BYTES = 1 << 30     # a million peers' worth, with room to spare
 
     def __init__(self, iface: str, handler: UapiHandler, path: str | None = None) -> None:
         self.iface = iface
@@ -440,7 +536,8 @@ class UapiServer:
     async def start(self) -> None:
         sock = _bind_uapi_socket(self.path)
         self._ino = os.stat(self.path).st_ino
-        self._server = await asyncio.start_unix_server(self._serve, sock=sock)
+        self._server = await asyncio.start_unix_server(self._serve, sock=sock,
+                                                       limit=self.MAX_REQUEST_BYTES)
 
     async def close(self) -> None:
         if self._server is not None:
@@ -474,13 +571,9 @@ class UapiServer:
                         return
                     code = 0 if nxt == b"\n" else IPC_ERROR_INVALID
                     if code == 0:
-                        reply = await self._get()
-                        if reply is None:
-                            code = IPC_ERROR_UNKNOWN
-                        else:
-                            writer.write(reply.encode())
-                            await writer.drain()
+                        if await self._stream_get(writer):
                             continue
+                        code = IPC_ERROR_UNKNOWN
                     writer.write(f"errno={-code}\n\n".encode())
                 elif op == b"set=1\n":
                     lines = await self._read_request(reader)
@@ -500,17 +593,53 @@ class UapiServer:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    async def _read_request(self, reader: asyncio.StreamReader) -> list[str] | None:
-        lines: list[str] = []
-        while len(lines) < self.MAX_REQUEST_LINES:
-            raw = await reader.readline()
-            if not raw.endswith(b"\n"):
-                return None
-            line = raw[:-1].decode()
-            if line == "":
-                return lines
-            lines.append(line)
-        return None
+    async def _read_request(self, reader: asyncio.StreamReader) -> str | None:
+        """The lines up to the blank one, read in bulk (a large set is a million lines)."""
+        first = await reader.read(1)
+        if not first:
+            return None
+        if first == b"\n":
+            return ""
+        try:
+            # The first byte is not a newline, so the blank line ends in "\n\n" after it.
+            raw = first + await reader.readuntil(b"\n\n")
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            return None
+        del first
+        text = raw[:-2].decode()
+        del raw
+        return text if text.count("\n") < self.MAX_REQUEST_LINES else None
+
+    async def _stream_get(self, writer: asyncio.StreamWriter) -> bool:
+        """Write the get reply.  A handler with uapi_get_chunks() is streamed: each chunk is
+        written as it is made, so a large device never becomes one giant string.  False =
+        the handler failed before writing anything (the caller sends the errno)."""
+        chunks_fn = getattr(self.handler, "uapi_get_chunks", None)
+        if chunks_fn is None:
+            reply = await self._get()
+            if reply is None:
+                return False
+            writer.write(reply.encode())
+            await writer.drain()
+            return True
+        try:
+            it = iter(chunks_fn())
+            first = next(it, None)
+        except Exception:
+            log.exception("UAPI get failed")
+            return False
+        try:
+            while first is not None:
+                writer.write(first.encode())
+                await writer.drain()
+                first = next(it, None)
+        except (ConnectionError, asyncio.CancelledError):
+            raise
+        except Exception:
+            # Half a reply is out: hang up rather than end it with a misleading errno.
+            log.exception("UAPI get failed midway")
+            raise ConnectionError("get failed") from None
+        return True
 
     async def _get(self) -> str | None:
         try:
@@ -522,7 +651,14 @@ class UapiServer:
             log.exception("UAPI get failed")
             return None
 
-    async def _set(self, lines: list[str]) -> int:
+    LARGE_SET = 1 << 20     # characters: a set this large is parsed with the cyclic GC paused
+
+    async def _set(self, lines: str) -> int:
+        # The cyclic GC would walk every object so far, again and again, while a large request
+        # makes millions of them (none in cycles): paused, a million peers parse in linear time.
+        paused = len(lines) >= self.LARGE_SET and gc.isenabled()
+        if paused:
+            gc.disable()
         try:
             req = parse_set(lines)
             res = self.handler.uapi_set(req)
@@ -535,3 +671,6 @@ class UapiServer:
         except Exception:
             log.exception("UAPI set failed")
             return IPC_ERROR_UNKNOWN
+        finally:
+            if paused:
+                gc.enable()
