@@ -961,7 +961,11 @@ class Device:
     async def _timer_loop(self) -> None:
         assert self._wake is not None
         while True:
-            deadline = self._run_timers()
+            try:
+                deadline = self._run_timers()
+            except Exception:       # a bug here must not silently stop every timer for good
+                log.exception("timer evaluation failed")
+                deadline = time.monotonic() + 1.0
             delay = min(max(deadline - time.monotonic(), 0.01), 1.0)
             self._wake.clear()
             with contextlib.suppress(asyncio.TimeoutError):
@@ -972,7 +976,8 @@ class Device:
         now = time.monotonic()
         with self._lock:
             act = timers.evaluate(self._clocks, self.timer_state, now, self.rng)
-            self.handshake_timeouts += act.retry | act.give_up     # no response in time
+            timeouts = self.handshake_timeouts          # a column of the peer table
+            timeouts += act.retry | act.give_up         # no response in time
             for pid in np.flatnonzero(act.give_up):
                 peer = self.by_id.get(int(pid))
                 if peer is not None:

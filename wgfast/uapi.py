@@ -330,7 +330,7 @@ def parse_set(lines: Iterable[str] | str) -> SetRequest:
                 except ValueError as e:
                     raise UapiError(IPC_ERROR_INVALID, str(e)) from None
                 continue
-            if key == "endpoint":
+            if key == "endpoint" and "%" not in value:     # a scope takes the long way
                 try:
                     peer.endpoint = Endpoint.parse(value)
                 except ValueError as e:
