@@ -304,3 +304,43 @@ def test_threads_mode_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WGFAST_THREADS", "fast")
     with pytest.raises(DeviceError, match="WGFAST_THREADS"):
         pipeline_default()
+
+
+@pytest.fixture
+def moved(one: Side) -> Iterator[tuple[Side, str]]:
+    """`one`'s interface moved to another namespace; its UDP sockets stay behind."""
+    with netns("h6mv" + secrets.token_hex(2)) as there:
+        sh("ip", "-n", one.ns, "link", "set", one.dev.name, "netns", there)
+        yield one, there
+
+
+def test_moved_interface_is_followed(moved: tuple[Side, str]) -> None:
+    """After `ip link set netns`: the device keeps running and follows MTU and up/down in
+    the namespace the interface is in now; deleted there, it stops."""
+    one, there = moved
+    dev = one.dev
+    assert link_exists(there, dev.name) and not link_exists(one.ns, dev.name)
+    sh("ip", "-n", there, "link", "set", dev.name, "mtu", "1300")
+    assert until(lambda: dev.mtu == 1300, 10)
+    sh("ip", "-n", there, "link", "set", dev.name, "up")
+    assert until(lambda: dev.link_up, 10)
+    sh("ip", "-n", there, "link", "set", dev.name, "mtu", "9000")       # rings grow
+    assert until(lambda: dev.mtu == 9000, 10)
+    sh("ip", "-n", there, "link", "set", dev.name, "down")
+    assert until(lambda: not dev.link_up, 10)
+    assert dev.uapi_get().listen_port == dev.listen_port       # still serving
+    path = dev._uapi.path if dev._uapi else None
+    assert path is not None and os.path.exists(path)
+    sh("ip", "-n", there, "link", "del", dev.name)
+    assert until(lambda: not os.path.exists(path), 10)
+
+
+def test_namespace_deleted_under_moved_interface_stops_the_device(
+        moved: tuple[Side, str]) -> None:
+    """`ip netns del` of the namespace it moved to deletes the interface (the kernel does, as
+    nothing of ours keeps that namespace alive): the device stops, as wireguard-go does."""
+    one, there = moved
+    path = one.dev._uapi.path if one.dev._uapi else None
+    assert path is not None and os.path.exists(path)
+    sh("ip", "netns", "del", there)
+    assert until(lambda: not os.path.exists(path), 10)
