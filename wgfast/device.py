@@ -174,7 +174,7 @@ class Device:
         self._ring_mtu = 0
         self._running_dp = False
         self._lock = threading.RLock()
-        self._link_mon: socket.socket | None = None     # netlink, in the interface's netns
+        self._link_mon: socket.socket | None = None     # rtnetlink link monitor (Tun)
         self._ifindex = 0
         self.link_up = False        # the interface's IFF_UP, wherever it is now
 
@@ -750,8 +750,8 @@ class Device:
             self._follow_interface()
 
     def _follow_interface(self) -> bool:
-        """Catch up with the interface: deleted (stop; returns False), moved (monitor there),
-        MTU and up/down as they are now."""
+        """Catch up with the interface: deleted (stop; returns False), moved, renamed, MTU
+        and up/down as they are now."""
         if self.tun is None:
             return True
         try:
