@@ -21,6 +21,7 @@ from wgfast.datapath import (
     init_aead,
     lib,
 )
+from wgfast.messages import REJECT_AFTER_TIME
 
 VECTORS = pathlib.Path(__file__).parent / "vectors"
 REJECT = 2**64 - 2**13 - 1
@@ -282,12 +283,23 @@ def test_replay_and_limits(pair, backend) -> None:
 
 
 def test_expired_keypair(pair, backend) -> None:
+    """Usable just before REJECT_AFTER_TIME, refused just after.  Never probed at exactly
+    created + 180: C compares `now - created >= 180.0` in doubles, which rounds either way
+    there."""
     r = pair.ring
-    r.put_message(0, _sealed_one(pair))
-    assert lib.wg_open_batch(pair.dp, r.ptr, 0, 1, pair.now + 180.0) == 0
+    before = pair.now + REJECT_AFTER_TIME - 0.01
+    after = pair.now + REJECT_AFTER_TIME + 0.01
+    r.put_message(0, _sealed_one(pair, counter=5))
+    assert lib.wg_open_batch(pair.dp, r.ptr, 0, 1, before) == 1
+    assert r.status[0] == lib.WG_OK
+    r.put_plaintext(0, b"x", 1)
+    assert lib.wg_seal_batch(pair.dp, r.ptr, 0, 1, before) == 1
+    assert r.status[0] == lib.WG_OK
+    r.put_message(0, _sealed_one(pair, counter=6))
+    assert lib.wg_open_batch(pair.dp, r.ptr, 0, 1, after) == 0
     assert r.status[0] == lib.WG_DROP_EXPIRED
     r.put_plaintext(0, b"x", 1)
-    assert lib.wg_seal_batch(pair.dp, r.ptr, 0, 1, pair.now + 180.0) == 0
+    assert lib.wg_seal_batch(pair.dp, r.ptr, 0, 1, after) == 0
     assert r.status[0] == lib.WG_DROP_NO_KEY
     assert pair.drops()[lib.WG_DROP_EXPIRED] == 1 and pair.drops()[lib.WG_DROP_NO_KEY] == 1
 

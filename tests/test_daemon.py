@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import needs_tun
+from conftest import needs_tun, sh
 from test_dataplane import netns, until
 
 from wgfast import daemon
@@ -83,8 +83,8 @@ def link_exists(ns: str, iface: str) -> bool:
                           capture_output=True).returncode == 0
 
 
-@pytest.fixture
-def iface() -> Iterator[str]:
+@contextlib.contextmanager
+def daemon_name() -> Iterator[str]:
     """A unique interface name; whatever daemon still serves it afterwards is stopped."""
     name = "h6d" + secrets.token_hex(3)
     try:
@@ -98,6 +98,18 @@ def iface() -> Iterator[str]:
 
 
 @pytest.fixture
+def iface() -> Iterator[str]:
+    with daemon_name() as name:
+        yield name
+
+
+@pytest.fixture
+def iface2() -> Iterator[str]:
+    with daemon_name() as name:
+        yield name
+
+
+@pytest.fixture
 def ns() -> Iterator[str]:
     with netns("h6dns" + secrets.token_hex(2)) as name:
         yield name
@@ -105,6 +117,12 @@ def ns() -> Iterator[str]:
 
 @pytest.fixture
 def ns2() -> Iterator[str]:
+    with netns("h6dns" + secrets.token_hex(2)) as name:
+        yield name
+
+
+@pytest.fixture
+def ns3() -> Iterator[str]:
     with netns("h6dns" + secrets.token_hex(2)) as name:
         yield name
 
@@ -447,3 +465,93 @@ def test_bad_metrics_address_is_refused(value: str) -> None:
     r = subprocess.run([*DAEMON, "-f", "--metrics", value, "h6never1"], cwd=ROOT, env=env(),
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 1 and "--metrics" in r.stderr and "Traceback" not in r.stderr
+
+
+# ---- the interface in another namespace (wireguard-go's tests/netns.sh topology) -------------
+
+def wg_key() -> tuple[str, str]:
+    priv = subprocess.run(["wg", "genkey"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    pub = subprocess.run(["wg", "pubkey"], input=priv, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    return priv, pub
+
+
+def wg_set(iface: str, *args: str, key: str | None = None) -> None:
+    if key is None:
+        subprocess.run(["wg", "set", iface, *args], check=True, timeout=10)
+        return
+    path = Path(f"/tmp/{iface}.key")
+    path.write_text(key + "\n")
+    path.chmod(0o600)
+    try:
+        subprocess.run(["wg", "set", iface, "private-key", str(path), *args], check=True,
+                       timeout=10)
+    finally:
+        path.unlink()
+
+
+def ns_ping(ns: str, addr: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", "netns", "exec", ns, "ping", "-c", "2", "-i", "0.2", "-W", "3",
+                           *extra, addr], capture_output=True, text=True, timeout=30)
+
+
+@needs_root
+def test_interface_moved_to_another_namespace(ns: str, ns2: str, ns3: str, iface: str,
+                                              iface2: str) -> None:
+    """As wireguard-go's netns.sh: both daemons start in ns (their UDP sockets stay there,
+    on its loopback), their interfaces are moved to ns2 and ns3.  The tunnel works; an MTU
+    raised in the new namespace is followed (a large unfragmented ping crosses); deleting
+    the interface there stops its daemon and removes its socket, and a daemon started for
+    the name right away succeeds."""
+    for name in (iface, iface2):
+        r = run_detached(ns, name)
+        assert r.returncode == 0, r.stderr
+    sh("ip", "-n", ns, "link", "set", iface, "netns", ns2)
+    sh("ip", "-n", ns, "link", "set", iface2, "netns", ns3)
+    (k1, p1), (k2, p2) = wg_key(), wg_key()
+    wg_set(iface, "listen-port", "10000", "peer", p2, "endpoint", "127.0.0.1:20000",
+           "allowed-ips", "192.168.241.2/32", key=k1)
+    wg_set(iface2, "listen-port", "20000", "peer", p1, "endpoint", "127.0.0.1:10000",
+           "allowed-ips", "192.168.241.1/32", key=k2)
+    for n, name, addr in ((ns2, iface, "192.168.241.1/24"), (ns3, iface2, "192.168.241.2/24")):
+        sh("ip", "-n", n, "addr", "add", addr, "dev", name)
+        sh("ip", "-n", n, "link", "set", name, "up")
+    r = ns_ping(ns2, "192.168.241.2")
+    assert r.returncode == 0, r.stdout + r.stderr
+    for n, name in ((ns2, iface), (ns3, iface2)):
+        sh("ip", "-n", n, "link", "set", name, "mtu", "9000")
+    # Without the new MTU the daemons' rings would drop the 8 KB packet; give them a moment
+    # to take it (a bounded wait: each try is a 2-ping round).
+    r = subprocess.CompletedProcess([], 1)
+    for _ in range(10):
+        r = ns_ping(ns2, "192.168.241.2", "-M", "do", "-s", "8000")
+        if r.returncode == 0:
+            break
+    assert r.returncode == 0, r.stdout + r.stderr
+    [pid] = daemon_pids(iface)
+    sh("ip", "-n", ns2, "link", "del", iface)
+    # Right after the delete, a new daemon takes the name (in the namespace the interface
+    # was in, as netns.sh does) while the old one lets go of the socket.
+    r = run_detached(ns2, iface)
+    assert r.returncode == 0, r.stderr
+    assert until(lambda: daemon_pids(iface) and pid not in daemon_pids(iface), 10)
+    assert link_exists(ns2, iface) and sock_live(iface)
+    sh("ip", "-n", ns2, "link", "del", iface)
+    assert until(lambda: not daemon_pids(iface) and not sock_path(iface).exists(), 10)
+    assert daemon_pids(iface2)              # the other one is untouched
+
+
+@needs_root
+def test_restart_right_after_delete(ns: str, iface: str) -> None:
+    """`ip link del wg0; wgfast-daemon wg0`: the old daemon notices the deletion at once and
+    lets go of its UAPI socket, the new one waits for that instead of failing."""
+    for _ in range(3):
+        r = run_detached(ns, iface)
+        assert r.returncode == 0, r.stderr
+        sh("ip", "-n", ns, "link", "del", iface)
+    r = run_detached(ns, iface)
+    assert r.returncode == 0, r.stderr
+    assert len(daemon_pids(iface)) == 1 or until(lambda: len(daemon_pids(iface)) == 1, 10)
+    sh("ip", "-n", ns, "link", "del", iface)
+    assert until(lambda: not daemon_pids(iface), 10)

@@ -5,6 +5,7 @@ a private key change expiring sessions; stats; close() removing the interface an
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import ipaddress
 import os
@@ -381,3 +382,99 @@ def test_handshake_queue_drained_in_slices_uapi_not_starved(one: Side) -> None:
     # every one is handled in the end (random bodies: each a failed Noise attempt)
     assert until(lambda: dev.handshake_drops >= queued)
     assert int(lib.wg_hs_queued(dp.handle)) == 0
+
+
+@pytest.fixture
+def moved(one: Side) -> Iterator[tuple[Side, str]]:
+    """`one`'s interface moved to another namespace; its UDP sockets stay behind."""
+    with netns("h6mv" + secrets.token_hex(2)) as there:
+        sh("ip", "-n", one.ns, "link", "set", one.dev.name, "netns", there)
+        yield one, there
+
+
+def test_moved_interface_is_followed(moved: tuple[Side, str]) -> None:
+    """After `ip link set netns`: the device keeps running and follows MTU and up/down in
+    the namespace the interface is in now; deleted there, it stops."""
+    one, there = moved
+    dev = one.dev
+    assert link_exists(there, dev.name) and not link_exists(one.ns, dev.name)
+    sh("ip", "-n", there, "link", "set", dev.name, "mtu", "1300")
+    assert until(lambda: dev.mtu == 1300, 10)
+    sh("ip", "-n", there, "link", "set", dev.name, "up")
+    assert until(lambda: dev.link_up, 10)
+    sh("ip", "-n", there, "link", "set", dev.name, "mtu", "9000")       # rings grow
+    assert until(lambda: dev.mtu == 9000, 10)
+    sh("ip", "-n", there, "link", "set", dev.name, "down")
+    assert until(lambda: not dev.link_up, 10)
+    assert dev.uapi_get().listen_port == dev.listen_port       # still serving
+    path = dev._uapi.path if dev._uapi else None
+    assert path is not None and os.path.exists(path)
+    sh("ip", "-n", there, "link", "del", dev.name)
+    assert until(lambda: not os.path.exists(path), 10)
+
+
+def test_namespace_deleted_under_moved_interface_stops_the_device(
+        moved: tuple[Side, str]) -> None:
+    """`ip netns del` of the namespace it moved to deletes the interface (the kernel does, as
+    nothing of ours keeps that namespace alive): the device stops, as wireguard-go does."""
+    one, there = moved
+    path = one.dev._uapi.path if one.dev._uapi else None
+    assert path is not None and os.path.exists(path)
+    sh("ip", "netns", "del", there)
+    assert until(lambda: not os.path.exists(path), 10)
+
+
+def uapi_raw(path: str, request: bytes) -> bytes:
+    """One request straight to the UAPI socket, as wireguard-go's protocol has it."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(path)
+        s.sendall(request)
+        out = b""
+        while not out.endswith(b"\n\n"):
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            out += chunk
+    return out
+
+
+def test_allowed_ip_minus_prefix_removes_one(two: tuple[Side, Side]) -> None:
+    """`allowed_ip=-PREFIX` (wireguard-go 2025; older `wg set` cannot send it, so the line
+    goes to the socket as is): that prefix leaves `wg show allowed-ips` and the data plane,
+    the peer's others stay; a prefix the peer does not own is left alone, without error."""
+    a, b = two
+    other = StaticIdentity.generate().public
+    a.dev.add_peer(b.me.public, endpoint=f"{UNDER[1]}:{b.dev.listen_port}",
+                   allowed_ips=[f"{INNER[1]}/32", "10.66.3.0/24"])
+    a.dev.add_peer(other, allowed_ips=["10.66.4.0/24"])
+    b.dev.add_peer(a.me.public, allowed_ips=[f"{INNER[0]}/32"])
+    assert ping(a.ns, INNER[1], 1).returncode == 0
+    path = a.dev._uapi.path if a.dev._uapi else ""
+
+    def shown() -> dict[str, set[str]]:
+        out = subprocess.run(["wg", "show", a.dev.name, "allowed-ips"], capture_output=True,
+                             text=True, check=True, timeout=10).stdout
+        rows = (line.split("\t") for line in out.splitlines())
+        return {key: set(ips.split()) for key, ips in rows}
+
+    b64 = {pk: base64.b64encode(pk).decode() for pk in (b.me.public, other)}
+    reply = uapi_raw(path, f"set=1\npublic_key={b.me.public.hex()}\n"
+                           f"allowed_ip=-{INNER[1]}/32\n\n".encode())
+    assert reply == b"errno=0\n\n"
+    assert shown() == {b64[b.me.public]: {"10.66.3.0/24"}, b64[other]: {"10.66.4.0/24"}}
+    # The data plane no longer routes to it: the ping is dropped as having no peer.
+    before = a.dev.drops()["no_route"]
+    assert ping(a.ns, INNER[1], 1).returncode != 0
+    assert a.dev.drops()["no_route"] > before
+    # Another peer's prefix, and a prefix nobody has: nothing changes, no error.
+    for prefix in ("10.66.4.0/24", "10.99.0.0/16", INNER[1] + "/32"):
+        reply = uapi_raw(path, f"set=1\npublic_key={b.me.public.hex()}\n"
+                               f"allowed_ip=-{prefix}\n\n".encode())
+        assert reply == b"errno=0\n\n"
+    assert shown() == {b64[b.me.public]: {"10.66.3.0/24"}, b64[other]: {"10.66.4.0/24"}}
+    assert a.dev.dp.aip_lookup(ipaddress.ip_address("10.66.4.9")) == a.dev.peers[other].peer_id
+    # Given back, it routes again.
+    assert uapi_raw(path, f"set=1\npublic_key={b.me.public.hex()}\n"
+                          f"allowed_ip={INNER[1]}/32\n\n".encode()) == b"errno=0\n\n"
+    assert ping(a.ns, INNER[1], 1).returncode == 0

@@ -166,9 +166,17 @@ def test_chacha_nonce_layout():
 def test_tai64n_layout_and_order():
     t = N.tai64n(1_700_000_000.5)
     secs, nanos = struct.unpack(">QI", t)
-    assert secs == 2**62 + 1_700_000_000
+    assert secs == 2**62 + 10 + 1_700_000_000
     assert 0.48e9 < nanos <= 0.5e9 and nanos % (1 << 24) == 0
     assert N.tai64n(1_700_000_000.6) > t > N.tai64n(1_699_999_999.9)
+
+
+def test_tai64n_exact_bytes_as_kernel_and_wireguard_go():
+    """2023-11-14T22:13:20.5Z: 0x400000000000000a + seconds (TAI is 10 s ahead of the
+    1970 UTC epoch), nanoseconds rounded down to a multiple of 2^24, both big-endian.  With
+    2^62 alone a key moved from a kernel host would be refused as a replay for 10 s."""
+    assert N.tai64n(1_700_000_000.5) == bytes.fromhex("400000006553f10a" "1d000000")
+    assert N.tai64n(0.0) == bytes.fromhex("400000000000000a" "00000000")
 
 
 # ---- the Noise core against the cacophony vector ------------------------------------------

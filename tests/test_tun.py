@@ -14,7 +14,7 @@ import pytest
 from conftest import inet_csum, needs_tun, sh
 
 from wgfast.netns import inside
-from wgfast.tun import Tun, TunError
+from wgfast.tun import Tun, TunError, TunGone, link_events
 
 NS = "h3tst0"
 
@@ -138,3 +138,77 @@ def test_ping_end_to_end(netns: str) -> None:
         tun.close()
     assert link(netns, "h3tun0") is None
 
+
+
+# ---- the device in another namespace --------------------------------------------------------
+
+NS2 = "h3tst1"
+
+
+@pytest.fixture
+def netns2() -> Iterator[str]:
+    sh("ip", "netns", "del", NS2, check=False)
+    sh("ip", "netns", "add", NS2)
+    try:
+        yield NS2
+    finally:
+        sh("ip", "netns", "del", NS2, check=False)
+
+
+def test_follows_a_move_rename_and_deletion(netns: str, netns2: str) -> None:
+    """Moved and renamed, the device is still found through its descriptor: link settings
+    apply where it is now; deleted there, the descriptor says so (TunGone)."""
+    with inside(netns):
+        tun = Tun("h3mv0", mtu=1420)
+    try:
+        home = tun.netns_ino
+        assert tun.follow() is False
+        sh("ip", "-n", netns, "link", "set", "h3mv0", "netns", netns2)
+        assert tun.follow() is True and tun.netns_ino != home
+        assert tun.follow() is False            # nothing changed since
+        tun.mtu = 1300
+        tun.up()
+        info = link(netns2, "h3mv0")
+        assert info is not None and info["mtu"] == 1300 and "UP" in info["flags"]
+        assert tun.link_state() == (info["ifindex"], True, 1300)
+        sh("ip", "-n", netns2, "link", "set", "h3mv0", "down")
+        sh("ip", "-n", netns2, "link", "set", "h3mv0", "name", "h3mv1")
+        assert tun.follow() is False and tun.name == "h3mv1"
+        assert not tun.is_up and tun.mtu == 1300
+        sh("ip", "-n", netns2, "link", "del", "h3mv1")
+        with pytest.raises(TunGone):
+            tun.follow()
+    finally:
+        tun.close()
+
+
+def test_moved_device_does_not_keep_its_namespace_alive(netns: str, netns2: str) -> None:
+    """`ip netns del` of the namespace it moved to deletes it: nothing of ours (socket,
+    namespace descriptor) pins that namespace, and the link monitor heard it go."""
+    with inside(netns):
+        tun = Tun("h3mv0", mtu=1420)
+        mon = tun.link_monitor()
+    try:
+        sh("ip", "-n", netns, "link", "set", "h3mv0", "netns", netns2)
+        assert tun.follow() is True
+        old_index = tun.ifindex
+        assert tun.mtu == 1420                  # a control socket made for the call
+        link_events(mon)
+        sh("ip", "-n", netns2, "link", "set", "h3mv0", "mtu", "1280")
+        assert select.select([mon], [], [], 5)[0], "no link message from the new namespace"
+        seen = link_events(mon)
+        assert seen is None or old_index in seen
+        sh("ip", "netns", "del", netns2)
+        deadline = 50
+        while deadline:
+            try:
+                tun.follow()
+            except TunGone:
+                break
+            select.select([mon], [], [], 0.1)
+            deadline -= 1
+        with pytest.raises(TunGone):
+            tun.follow()
+    finally:
+        mon.close()
+        tun.close()

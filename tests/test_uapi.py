@@ -258,9 +258,10 @@ def test_fake_satisfies_protocol() -> None:
 # ---- the server, in a background loop -----------------------------------------------------
 
 class ServerThread:
-    def __init__(self, handler: object, path: str) -> None:
+    def __init__(self, handler: object, path: str, busy_wait: float | None = None) -> None:
         self.loop = asyncio.new_event_loop()
-        self.server = UapiServer(IFACE, handler, path=path)  # type: ignore[arg-type]
+        self.server = UapiServer(IFACE, handler, path=path,  # type: ignore[arg-type]
+                                 busy_wait=busy_wait)
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
 
@@ -392,9 +393,9 @@ def test_stale_socket_replaced_live_not_stolen(tmp_path: object) -> None:
     a.start()
     try:
         assert talk(path, b"get=1\n\n") == b"errno=0\n\n"
-        b = ServerThread(FakeDevice(), path)
+        b = ServerThread(FakeDevice(), path, busy_wait=0.3)
         try:
-            with pytest.raises(UapiSocketInUse):
+            with pytest.raises(UapiSocketInUse, match="in use"):
                 b.start()
         finally:
             b.stop()
@@ -403,13 +404,37 @@ def test_stale_socket_replaced_live_not_stolen(tmp_path: object) -> None:
         a.stop()
     with open(path, "w") as f:      # a regular file is never removed
         f.write("x")
-    c = ServerThread(FakeDevice(), path)
+    c = ServerThread(FakeDevice(), path, busy_wait=0.3)
     try:
         with pytest.raises(UapiSocketInUse):
             c.start()
     finally:
         c.stop()
     assert os.path.isfile(path)
+
+
+def test_socket_of_a_server_shutting_down_is_waited_for(tmp_path: object) -> None:
+    """A server that still listens when the next one starts, and lets go a moment later (the
+    old daemon of a just-deleted interface): the next one waits and takes the name."""
+    path = os.path.join(str(tmp_path), "s.sock")
+    old = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old.bind(path)
+    old.listen()
+
+    def let_go() -> None:
+        old.close()
+        os.unlink(path)
+
+    timer = threading.Timer(0.3, let_go)
+    timer.start()
+    new = ServerThread(FakeDevice(), path, busy_wait=UapiServer.BUSY_WAIT)
+    try:
+        new.start()
+        assert talk(path, b"get=1\n\n") == b"errno=0\n\n"
+    finally:
+        timer.join()
+        new.stop()
+    assert 1.0 <= UapiServer.BUSY_WAIT <= 5.0        # "a few seconds at most"
 
 
 # ---- the real wg tool ---------------------------------------------------------------------

@@ -39,7 +39,7 @@ from wgfast.noise import StaticIdentity
 from wgfast.peer import IndexTable, KeypairMaterial, Peer, consume_initiation
 from wgfast.peers import PeerTable, format_key, network_of_key, pack_keys
 from wgfast.ratelimiter import RateLimiter
-from wgfast.tun import Tun
+from wgfast.tun import Tun, TunError, TunGone, link_events
 from wgfast.uapi import (
     AllowedIpChange,
     DeviceSnapshot,
@@ -60,7 +60,7 @@ ZERO_KEY = bytes(32)
 SOCKET_BUFFER = 4 << 20          # UDP socket buffers (forced as root): bursts of 64-packet batches
 HANDSHAKE_SLICE = 64             # handshake messages handled per loop turn
 CONTROL_SLICE = 1024             # peers' control flags collected per loop turn
-HOUSEKEEPING = 1.0               # MTU, interface and UAPI socket checks
+HOUSEKEEPING = 1.0               # UAPI socket check; MTU and interface checks as a fallback
 TUN_TXQUEUELEN = 4096
 SOL_UDP = 17
 UDP_GRO = 104
@@ -282,6 +282,9 @@ class Device:
         self._ring_mtu = 0
         self._running_dp = False
         self._lock = threading.RLock()
+        self._link_mon: socket.socket | None = None     # rtnetlink link monitor (Tun)
+        self._ifindex = 0
+        self.link_up = False        # the interface's IFF_UP, wherever it is now
 
     # ---- lifetime ---------------------------------------------------------------------------
     def open(self) -> None:
@@ -895,10 +898,13 @@ class Device:
                 await self._uapi.start()
             tasks = [asyncio.create_task(self._timer_loop()),
                      asyncio.create_task(self._housekeeping())]
+            self._watch_link()
+            self._follow_interface()
         except BaseException as e:
             self._start_error = e
             self._ready.set()
             loop.remove_reader(evfd)
+            self._unwatch_link()
             self._loop = None
             raise
         self._ready.set()
@@ -910,6 +916,7 @@ class Device:
             for t in tasks:
                 t.cancel()
             loop.remove_reader(evfd)
+            self._unwatch_link()
             if self._uapi is not None:
                 await self._uapi.close()
                 self._uapi = None
@@ -935,23 +942,86 @@ class Device:
                     log.info("UAPI socket removed: shutting down")
                     self._stopping.set()
                     return
-            try:
-                socket.if_nametoindex(self.name)
-            except OSError:
-                log.info("interface %s deleted: shutting down", self.name)
-                self._stopping.set()
+            # The netlink monitor reports interface changes at once; this catches what it
+            # could not (a monitor that failed to open, or a move between two reads).
+            if not self._follow_interface():
                 return
-            self._check_mtu()
 
-    def _check_mtu(self) -> None:
-        if self.tun is None or self.dp is None:
+    # ---- following the interface ----------------------------------------------------------
+    # The interface may leave for another network namespace (`ip link set wg0 netns B`, the
+    # way wireguard-go's netns tests place it) while the UDP sockets stay in ours.  So
+    # nothing here looks it up by name in our namespace: the TUN descriptor says what it is
+    # attached to (Tun.follow), and one link monitor hears the namespace it is in now (see
+    # wgfast/tun.py for how, without keeping that namespace alive).  Deletion, anywhere,
+    # detaches the descriptor; the monitor's RTM_DELLINK wakes us to see that at once, so a
+    # daemon started right after `ip link del` finds the UAPI socket already released.
+    def _watch_link(self) -> None:
+        """Open the link monitor (once per control loop)."""
+        self._unwatch_link()
+        if self.tun is None or self._loop is None:
             return
         try:
-            mtu = self.tun.mtu
+            mon = self.tun.link_monitor()
+        except OSError as e:
+            log.info("cannot watch %s for link changes (%s): checking every %.0f s",
+                     self.name, e, HOUSEKEEPING)
+            return
+        self._link_mon = mon
+        self._loop.add_reader(mon.fileno(), self._on_link_events)
+
+    def _unwatch_link(self) -> None:
+        mon, self._link_mon = self._link_mon, None
+        if mon is not None:
+            if self._loop is not None:
+                self._loop.remove_reader(mon.fileno())
+            mon.close()
+
+    def _on_link_events(self) -> None:
+        if self._link_mon is None:
+            return
+        try:
+            seen = link_events(self._link_mon)
         except OSError:
+            seen = None
+        # Indices are per namespace and ours may change on a move: an unknown one, or a
+        # dropped message, means "look".
+        if seen is None or not self._ifindex or self._ifindex in seen:
+            self._follow_interface()
+
+    def _follow_interface(self) -> bool:
+        """Catch up with the interface: deleted (stop; returns False), moved, renamed, MTU
+        and up/down as they are now."""
+        if self.tun is None:
+            return True
+        try:
+            moved = self.tun.follow()
+        except TunGone:
+            log.info("interface %s deleted: shutting down", self.name)
+            if self._stopping is not None:
+                self._stopping.set()
+            return False
+        except (TunError, ValueError):
+            return True
+        if moved:
+            log.info("interface %s moved to another network namespace (now %s)", self.name,
+                     self.tun.name)
+        try:
+            self._ifindex, up, mtu = self.tun.link_state()
+        except (OSError, ValueError):
+            return True
+        if up != self.link_up:
+            log.info("link %s is %s", self.tun.name, "up" if up else "down")
+            self.link_up = up
+        self._check_mtu(mtu)
+        return True
+
+    def _check_mtu(self, mtu: int) -> None:
+        """Follow the interface's MTU (set with `ip link set ... mtu`)."""
+        if self.tun is None or self.dp is None:
             return
         if mtu == self.mtu:
             return
+        log.info("MTU of %s is now %d (was %d)", self.name, mtu, self.mtu)
         self.mtu = mtu
         if mtu > self._ring_mtu:
             self._restart_dataplane(lambda: None)     # rings sized for the new MTU

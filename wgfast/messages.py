@@ -38,6 +38,9 @@ KEY_LEN = 32
 TAG_LEN = 16
 MAC_LEN = 16
 TIMESTAMP_LEN = 12
+# TAI64N seconds label: 2^62 + TAI seconds, and TAI ran 10 s ahead of UTC in 1972.  The kernel
+# and wireguard-go add both; a peer that added only 2^62 would look 10 s in the past to them.
+TAI64N_BASE = 0x400000000000000A
 COOKIE_NONCE_LEN = 24
 COOKIE_LEN = 16
 

@@ -29,6 +29,7 @@ from .messages import (
     INITIATIONS_PER_SECOND,
     KEY_LEN,
     TAG_LEN,
+    TAI64N_BASE,
     TIMESTAMP_LEN,
     Initiation,
     MessageError,
@@ -156,11 +157,12 @@ _TAI64N_NS_GRAIN = 1 << ((10**9 // INITIATIONS_PER_SECOND).bit_length() - 1)   #
 
 
 def tai64n(now_wall: float) -> bytes:
-    """TAI64N label: big-endian (2^62 + seconds) || big-endian nanoseconds."""
+    """TAI64N label: big-endian (TAI64N_BASE + seconds) || big-endian nanoseconds, the bytes
+    the kernel and wireguard-go write for the same instant."""
     secs = int(now_wall // 1)
     nanos = int((now_wall - secs) * 1e9)
     nanos -= nanos % _TAI64N_NS_GRAIN
-    return struct.pack(">QI", 2**62 + secs, min(nanos, 999_999_999))
+    return struct.pack(">QI", TAI64N_BASE + secs, min(nanos, 999_999_999))
 
 
 # ---- Noise symmetric state (Noise spec §5.2) ----------------------------------------------

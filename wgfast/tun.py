@@ -1,22 +1,42 @@
 """The TUN device: /dev/net/tun, one IP packet per read/write (IFF_TUN | IFF_NO_PI).
 
 Constants from linux/if_tun.h and linux/sockios.h.  The interface lives as long as a queue
-descriptor is open (it is not made persistent), so close() removes it.  The control socket for
-MTU and flag ioctls is opened with the device, so both stay in the network namespace the
-device was created in, whatever the calling thread does later.
+descriptor is open (it is not made persistent), so close() removes it.
+
+The interface may be moved to another network namespace (`ip link set wg0 netns B`) or renamed
+while we hold it.  The descriptor keeps working; what it is attached to is asked of the
+descriptor itself (follow(): TUNGETIFF for the name, TUNGETDEVNETNS for the namespace), since
+a name lookup in our own namespace stops finding it.  Once the device is deleted, wherever it
+is, the descriptor is detached and TUN ioctls fail with EBADFD: that is how deletion is
+recognised, without a name lookup that could race a new interface of the same name.
+
+Nothing here keeps a socket (or descriptor) in the namespace the device moved to: that would
+keep the namespace alive after `ip netns del`, and with it the device, which the kernel
+deletes only when the namespace really goes.  So the MTU and flag ioctls there use a socket
+made for the call, and the link monitor stays in the home namespace (where the device was
+created, which our TUN descriptor keeps alive anyway) and hears other namespaces through
+NETLINK_LISTEN_ALL_NSID, which covers every namespace with an id in the home one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import fcntl
 import os
 import socket
 import struct
+import threading
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 __all__ = [
     "Tun",
     "TunError",
+    "TunGone",
+    "link_events",
+    "socket_in_netns",
     "IFF_TUN",
     "IFF_NO_PI",
     "IFF_VNET_HDR",
@@ -28,11 +48,14 @@ __all__ = [
     "TUN_F_USO6",
 ]
 
+T = TypeVar("T")
 TUN_PATH = "/dev/net/tun"
 IFNAMSIZ = 16
 
 # linux/if_tun.h
 TUNSETIFF = 0x400454CA
+TUNGETIFF = 0x800454D2
+TUNGETDEVNETNS = 0x54E3         # _IO('T', 227), Linux 5.2+: a descriptor of the device's netns
 TUNSETOFFLOAD = 0x400454D0
 TUNSETVNETHDRSZ = 0x400454D8
 IFF_TUN = 0x0001
@@ -50,15 +73,67 @@ SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
 SIOCGIFMTU = 0x8921
 SIOCSIFMTU = 0x8922
+SIOCGIFINDEX = 0x8933
 SIOCGIFTXQLEN = 0x8942
 SIOCSIFTXQLEN = 0x8943
 IFF_UP = 0x1
 
 _IFREQ = 40     # struct ifreq: name[16] + a 24-byte union
+CLONE_NEWNET = 0x40000000
+
+# linux/netlink.h, linux/rtnetlink.h
+NETLINK_ROUTE = 0
+SOL_NETLINK = 270
+NETLINK_LISTEN_ALL_NSID = 8
+RTMGRP_LINK = 1
+RTM_NEWLINK = 16
+RTM_DELLINK = 17
+RTM_NEWNSID = 88
+NLM_F_REQUEST = 0x1
+NLM_F_ACK = 0x4
+NLMSG_ERROR = 2
+NETNSA_NSID = 1
+NETNSA_FD = 3
+_NLMSGHDR = struct.Struct("=IHHII")
+_IFINFOMSG = struct.Struct("=BxHiII")
 
 
 class TunError(OSError):
     """Opening or configuring the TUN device failed."""
+
+
+class TunGone(TunError):
+    """The interface was deleted (in whatever namespace it was): the descriptor is detached."""
+
+
+def _in_netns(ns_fd: int, fn: Callable[[], T]) -> T:
+    """fn() run in the network namespace `ns_fd` refers to.  setns applies to the calling
+    thread only, so a short-lived thread enters the namespace, runs fn and ends: the caller's
+    thread never leaves its own namespace (a failed way back cannot strand it)."""
+    out: list[T] = []
+    err: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.setns(ns_fd, CLONE_NEWNET) != 0:
+                e = ctypes.get_errno()
+                raise OSError(e, f"setns: {os.strerror(e)}")
+            out.append(fn())
+        except BaseException as e:      # handed to the caller's thread
+            err.append(e)
+
+    t = threading.Thread(target=run, name="wgfast-setns", daemon=True)
+    t.start()
+    t.join()
+    if err:
+        raise err[0]
+    return out[0]
+
+
+def socket_in_netns(ns_fd: int, family: int, type: int, proto: int = 0) -> socket.socket:
+    """A socket made inside the network namespace `ns_fd` refers to (it stays there)."""
+    return _in_netns(ns_fd, lambda: socket.socket(family, type, proto))
 
 
 def _ifreq(name: str, fmt: str = "", *values: int) -> bytes:
@@ -67,6 +142,57 @@ def _ifreq(name: str, fmt: str = "", *values: int) -> bytes:
         raise TunError(f"interface name {name!r} must be 1 to {IFNAMSIZ - 1} bytes")
     head = struct.pack(f"{IFNAMSIZ}s{fmt}", raw, *values)
     return head + bytes(_IFREQ - len(head))
+
+
+def ensure_nsid(ns_fd: int) -> None:
+    """Give the namespace `ns_fd` an id in the calling thread's namespace (RTM_NEWNSID with
+    any free id; EEXIST when it has one), so that a NETLINK_LISTEN_ALL_NSID socket here
+    hears its link messages.  An id does not keep the namespace alive."""
+    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
+    try:
+        s.settimeout(2.0)
+        s.bind((0, 0))
+        body = (struct.pack("=Bxxx", socket.AF_UNSPEC)
+                + struct.pack("=HHi", 8, NETNSA_NSID, -1)         # -1: any free id
+                + struct.pack("=HHI", 8, NETNSA_FD, ns_fd))
+        s.send(_NLMSGHDR.pack(_NLMSGHDR.size + len(body), RTM_NEWNSID,
+                              NLM_F_REQUEST | NLM_F_ACK, 1, 0) + body)
+        reply = s.recv(4096)
+        if len(reply) >= _NLMSGHDR.size + 4 and _NLMSGHDR.unpack_from(reply)[1] == NLMSG_ERROR:
+            err = -struct.unpack_from("=i", reply, _NLMSGHDR.size)[0]
+            if err and err != errno.EEXIST:
+                raise OSError(err, f"RTM_NEWNSID: {os.strerror(err)}")
+    finally:
+        s.close()
+
+
+def link_events(sock: socket.socket) -> set[int] | None:
+    """Drain a link_monitor() socket: the interface indices that link messages named, or
+    None when the kernel dropped messages for us (ENOBUFS): then anything may have changed."""
+    seen: set[int] = set()
+    overflow = False
+    while True:
+        try:
+            data = sock.recv(1 << 16)
+        except BlockingIOError:
+            break
+        except OSError as e:
+            if e.errno != errno.ENOBUFS:
+                raise
+            overflow = True
+            continue
+        if not data:
+            break
+        off = 0
+        while off + _NLMSGHDR.size <= len(data):
+            length, mtype = _NLMSGHDR.unpack_from(data, off)[:2]
+            if length < _NLMSGHDR.size:
+                break
+            body = off + _NLMSGHDR.size
+            if mtype in (RTM_NEWLINK, RTM_DELLINK) and body + _IFINFOMSG.size <= len(data):
+                seen.add(_IFINFOMSG.unpack_from(data, body)[2])
+            off += (length + 3) & ~3
+    return None if overflow else seen
 
 
 class Tun:
@@ -85,11 +211,16 @@ class Tun:
         self.vnet_hdr = vnet_hdr
         self.multi_queue = multi_queue
         self._queues: list[int] = []
-        self._ctl: socket.socket | None = None
+        self._ctl: socket.socket | None = None       # in the home namespace
+        self._home = -1             # a descriptor of the home namespace
+        self._home_ino = self._ns_ino = 0            # home, and where the device is now
         try:
             fd, self.name = self._attach(name, nonblocking)
             self._queues.append(fd)
             self._ctl = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            with contextlib.suppress(OSError):
+                self._home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+                self._home_ino = self._ns_ino = os.fstat(self._home).st_ino
             if mtu is not None:
                 self.mtu = mtu
             if up:
@@ -140,13 +271,122 @@ class Tun:
     def write(self, packet: bytes | bytearray | memoryview) -> int:
         return os.write(self.fileno(), packet)
 
+    # ---- where the device is ----------------------------------------------------------
+
+    def _tun_ioctl(self, req: int, arg: bytes | int) -> bytes | int:
+        try:
+            return fcntl.ioctl(self.fileno(), req, arg)
+        except OSError as e:
+            if e.errno == errno.EBADFD:
+                raise TunGone(e.errno, f"interface {self.name} was deleted") from None
+            raise TunError(e.errno, f"ioctl {req:#x} on {self.name}: {e.strerror}") from None
+
+    def netns_fd(self) -> int:
+        """A new descriptor of the device's current network namespace (the caller closes it).
+        TunGone once the device is deleted; TunError(ENOTTY/EINVAL) before Linux 5.2."""
+        fd = self._tun_ioctl(TUNGETDEVNETNS, 0)
+        assert isinstance(fd, int)
+        return fd
+
+    def follow(self) -> bool:
+        """Catch up with the device: its current name and namespace.  Returns True when the
+        namespace changed (the device moved); raises TunGone once it was deleted."""
+        res = self._tun_ioctl(TUNGETIFF, bytes(_IFREQ))
+        assert isinstance(res, bytes)
+        self.name = res[:IFNAMSIZ].split(b"\0", 1)[0].decode()
+        try:
+            ns = self.netns_fd()
+        except TunGone:
+            raise
+        except TunError as e:
+            if e.errno in (errno.ENOTTY, errno.EINVAL):
+                return False        # before Linux 5.2: assume it stays where it was made
+            raise
+        try:
+            ino = os.fstat(ns).st_ino
+            if ino == self._ns_ino:
+                return False
+            if ino != self._home_ino and self._home >= 0:
+                # Ids live in the home namespace: ask there (from a thread of our own, as
+                # the caller may stand elsewhere).  Without one, only the 1-s checks see it.
+                with contextlib.suppress(OSError):
+                    _in_netns(self._home, lambda: ensure_nsid(ns))
+        finally:
+            os.close(ns)
+        self._ns_ino = ino
+        return True
+
+    @contextlib.contextmanager
+    def _ctl_socket(self) -> Iterator[socket.socket]:
+        """A socket for interface ioctls in the device's namespace: the kept one at home,
+        elsewhere one made for the call (a kept one would keep that namespace alive)."""
+        if self._ctl is None:
+            raise ValueError("TUN device is closed")
+        if self._ns_ino == self._home_ino:
+            yield self._ctl
+            return
+        try:
+            ns = self.netns_fd()
+        except TunError:
+            yield self._ctl         # deleted or an old kernel: the ioctl says what is wrong
+            return
+        try:
+            s = socket_in_netns(ns, socket.AF_INET, socket.SOCK_DGRAM)
+        finally:
+            os.close(ns)
+        with s:
+            yield s
+
+    def link_monitor(self) -> socket.socket:
+        """A non-blocking rtnetlink socket subscribed to link changes (RTMGRP_LINK) in the
+        home namespace and, through NETLINK_LISTEN_ALL_NSID, in every namespace with an id
+        there, which follow() gives the device's: it wakes its reader when the device's MTU
+        or flags change, when it is deleted and when it moves (RTM_DELLINK where it was).
+        Read it with link_events()."""
+        kind = socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
+        if self._home >= 0:
+            s = socket_in_netns(self._home, socket.AF_NETLINK, kind, NETLINK_ROUTE)
+        else:
+            s = socket.socket(socket.AF_NETLINK, kind, NETLINK_ROUTE)
+        try:
+            with contextlib.suppress(OSError):
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            s.setsockopt(SOL_NETLINK, NETLINK_LISTEN_ALL_NSID, 1)
+            s.bind((0, RTMGRP_LINK))
+        except BaseException:
+            s.close()
+            raise
+        return s
+
+    @property
+    def netns_ino(self) -> int:
+        """The inode of the namespace the control socket is in (as of the last follow())."""
+        return self._ns_ino
+
+    def link_state(self) -> tuple[int, bool, int]:
+        """(ifindex, up, mtu) as they are now in the device's namespace, in one go."""
+        with self._ctl_socket() as ctl:
+            try:
+                out = []
+                for req, fmt in ((SIOCGIFINDEX, "i"), (SIOCGIFFLAGS, "H"), (SIOCGIFMTU, "i")):
+                    res = fcntl.ioctl(ctl.fileno(), req, _ifreq(self.name))
+                    out.append(struct.unpack_from(fmt, res, IFNAMSIZ)[0])
+            except OSError as e:
+                raise TunError(e.errno, f"link state of {self.name}: {e.strerror}") from None
+        return out[0], bool(out[1] & IFF_UP), out[2]
+
+    @property
+    def ifindex(self) -> int:
+        """The interface index in its current namespace (it may change when it moves)."""
+        res = self._ioctl(SIOCGIFINDEX, _ifreq(self.name))
+        return struct.unpack_from("i", res, IFNAMSIZ)[0]
+
     # ---- link settings ----------------------------------------------------------------
 
     def _ioctl(self, req: int, data: bytes) -> bytes:
-        if self._ctl is None:
-            raise ValueError("TUN device is closed")
         try:
-            return fcntl.ioctl(self._ctl.fileno(), req, data)
+            with self._ctl_socket() as ctl:
+                return fcntl.ioctl(ctl.fileno(), req, data)
         except OSError as e:
             raise TunError(e.errno, f"ioctl {req:#x} on {self.name}: {e.strerror}") from None
 
@@ -188,16 +428,10 @@ class Tun:
 
     def set_offload(self, flags: int) -> None:
         """TUNSETOFFLOAD (TUN_F_* flags); only meaningful with vnet_hdr."""
-        try:
-            fcntl.ioctl(self.fileno(), TUNSETOFFLOAD, flags)
-        except OSError as e:
-            raise TunError(e.errno, f"TUNSETOFFLOAD on {self.name}: {e.strerror}") from None
+        self._tun_ioctl(TUNSETOFFLOAD, flags)
 
     def set_vnet_hdr_size(self, size: int) -> None:
-        try:
-            fcntl.ioctl(self.fileno(), TUNSETVNETHDRSZ, struct.pack("i", size))
-        except OSError as e:
-            raise TunError(e.errno, f"TUNSETVNETHDRSZ on {self.name}: {e.strerror}") from None
+        self._tun_ioctl(TUNSETVNETHDRSZ, struct.pack("i", size))
 
     # ---- lifetime ---------------------------------------------------------------------
 
@@ -213,6 +447,9 @@ class Tun:
         if self._ctl is not None:
             self._ctl.close()
             self._ctl = None
+        if self._home >= 0:
+            os.close(self._home)
+            self._home = -1
 
     def __enter__(self) -> Tun:
         return self

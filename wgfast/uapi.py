@@ -31,6 +31,7 @@ import os
 import re
 import socket
 import stat
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
@@ -524,17 +525,31 @@ class UapiServer:
 
     MAX_REQUEST_LINES = 1 << 24
     MAX_REQUEST_BYTES = 1 << 30     # a million peers' worth, with room to spare
+    # A live socket may belong to a daemon that is shutting down (its interface was just
+    # deleted, and `ip link del wg0; wgfast-daemon wg0` starts the next one at once): wait
+    # this long for it to let go before refusing.
+    BUSY_WAIT = 3.0
 
-    def __init__(self, iface: str, handler: UapiHandler, path: str | None = None) -> None:
+    def __init__(self, iface: str, handler: UapiHandler, path: str | None = None,
+                 busy_wait: float | None = None) -> None:
         self.iface = iface
         self.handler = handler
         self.path = path or socket_path(iface)
+        self.busy_wait = self.BUSY_WAIT if busy_wait is None else busy_wait
         self._server: asyncio.AbstractServer | None = None
         self._ino: int | None = None
         self._conns: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        sock = _bind_uapi_socket(self.path)
+        deadline = time.monotonic() + self.busy_wait
+        while True:
+            try:
+                sock = _bind_uapi_socket(self.path)
+                break
+            except UapiSocketInUse as e:
+                if e.errno != _errno.EADDRINUSE or time.monotonic() >= deadline:
+                    raise
+            await asyncio.sleep(0.05)
         self._ino = os.stat(self.path).st_ino
         self._server = await asyncio.start_unix_server(self._serve, sock=sock,
                                                        limit=self.MAX_REQUEST_BYTES)
