@@ -512,13 +512,7 @@ def test_big_mtu(a: str, b: str, mtu: int) -> None:
             assert d.alive(), d.log()
 
 
-MTU_POLLED = pytest.mark.xfail(
-    strict=False, reason="issue 9 (netns helper): wgfast polls the TUN MTU in housekeeping "
-    "(once a second) instead of following RTM_NEWLINK, so packets above the old MTU are "
-    "dropped until the next poll")
-
-
-@pytest.mark.parametrize("name", [pytest.param("wgfast", marks=MTU_POLLED), "wireguard-go"])
+@pytest.mark.parametrize("name", ["wgfast", "wireguard-go"])
 def test_big_mtu_is_followed_at_once(topo: Topology, name: str) -> None:
     """netns.sh sets the MTU and sends full-size packets right away: the first one must cross."""
     impl = require_impl(name)
