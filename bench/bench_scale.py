@@ -81,10 +81,22 @@ def run(impl: Implementation, n: int, keys: list[str], tmp: Path) -> dict[str, f
 
 
 def main(argv: list[str]) -> int:
+    import argparse
+
+    def size(text: str) -> int:
+        n = int(text.replace(",", "").replace("_", ""))
+        if n < 1:
+            raise ValueError(text)
+        return n
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("sizes", nargs="*", type=size, metavar="PEERS",
+                    help="peer counts to measure (default: 1,000 10,000 100,000)")
+    args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("needs root (namespaces)", file=sys.stderr)
         return 2
-    sizes = [int(a.replace(",", "").replace("_", "")) for a in argv] or list(SIZES)
+    sizes = args.sizes or list(SIZES)
     impls = [WGFAST]
     if shutil.which("wireguard-go"):
         impls.append(WIREGUARD_GO)
