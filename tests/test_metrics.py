@@ -49,8 +49,8 @@ def send_udp(ns: str, dest: str, n: int, size: int) -> None:
                 s.sendto(b"m" * size, (dest, 9))
 
 
-@pytest.fixture
-def tunnel(topo: Topology):
+@pytest.fixture(name="tunnel")
+def tunnel_fixture(topo: Topology):
     require_impl("wgfast")
     tun = make_tunnel(topo, WGFAST_METRICS, WGFAST_METRICS)
     assert topo.a.wait_ping(INNER4[1]), "no traffic through the tunnel"

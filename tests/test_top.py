@@ -11,24 +11,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import require_impl
 from rich.console import Console
-from test_metrics import METRICS_PORT, WGFAST_METRICS, send_udp
+from test_metrics import METRICS_PORT, WGFAST_METRICS, send_udp, tunnel_fixture  # noqa: F401
 
 from wgfast import top
-from wgfast.netns import INNER4, Topology, inside, key_to_hex, make_tunnel
+from wgfast.netns import INNER4, Topology, inside, key_to_hex
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def tunnel(topo: Topology):
-    require_impl("wgfast")
-    tun = make_tunnel(topo, WGFAST_METRICS, WGFAST_METRICS)
-    assert topo.a.wait_ping(INNER4[1]), "no traffic through the tunnel"
-    yield tun
-    for d in tun.pair:
-        assert d.alive(), d.log()
 
 
 def text_of(cur: list[top.Frame], prev: list[top.Frame] | None) -> str:
