@@ -190,11 +190,6 @@ void wg_count_batch(wg_dp *dp, int dir, uint32_t n)
     __atomic_fetch_add(&dp->batches[dir][WG_BATCH_BUCKETS], n, __ATOMIC_RELAXED);
 }
 
-uint32_t wg_events_pending(wg_dp *dp)
-{
-    return wg_hs_queued(dp);       /* control flags cannot back up: only the handshake queue */
-}
-
 void wg_dp_set_mtu(wg_dp *dp, uint32_t mtu)
 {
     pthread_rwlock_wrlock(&dp->lock);

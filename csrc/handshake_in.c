@@ -221,16 +221,6 @@ int wg_hs_set_keys(wg_dp *dp, const uint8_t *mac1_key, const uint8_t *cookie_key
 }
 
 /* ---- the per-source token bucket (callers hold h->lock) -------------------------------- */
-static uint64_t mix64(uint64_t x)
-{
-    x ^= x >> 33;
-    x *= 0xff51afd7ed558ccdULL;
-    x ^= x >> 33;
-    x *= 0xc4ceb9fe1a85ec53ULL;
-    x ^= x >> 33;
-    return x;
-}
-
 /* The rate limiter's key for a source: its IPv4 address (also when IPv4-mapped) or /64. */
 static uint64_t source_key(const wg_addr *a, uint32_t *fam)
 {
@@ -252,7 +242,7 @@ static uint64_t source_key(const wg_addr *a, uint32_t *fam)
 static struct rl_entry *rl_find(struct rl_entry *t, uint64_t key, uint32_t fam, uint64_t seed,
                                 int *found)
 {
-    uint32_t b = (uint32_t)mix64(key ^ seed ^ fam) & (RL_SLOTS - 1);
+    uint32_t b = (uint32_t)wg_mix64(key ^ seed ^ fam) & (RL_SLOTS - 1);
     for (;;) {
         struct rl_entry *e = &t[b];
         if (!e->used) {
@@ -429,7 +419,8 @@ static int enqueue(struct wg_hs_in *h, const uint8_t *msg, uint32_t len, const w
 {
     uint32_t fam;
     uint64_t key = source_key(src, &fam);
-    uint32_t b = (uint32_t)(mix64(key ^ h->seed ^ ((uint64_t)src->port << 40)) % HSQ_BUCKETS);
+    uint64_t k = key ^ h->seed ^ ((uint64_t)src->port << 40);
+    uint32_t b = (uint32_t)(wg_mix64(k) % HSQ_BUCKETS);
     if (h->count[b] == HSQ_DEPTH)
         return -1;
     struct hsq_entry *e = &h->q[b * HSQ_DEPTH + (h->head[b] + h->count[b]) % HSQ_DEPTH];

@@ -19,12 +19,7 @@
 static inline uint32_t kp_hash(uint32_t x)
 {
     /* Indices come from the peer-visible random source but tests use sequential ones: mix. */
-    x ^= x >> 16;
-    x *= 0x7feb352du;
-    x ^= x >> 15;
-    x *= 0x846ca68bu;
-    x ^= x >> 16;
-    return x;
+    return (uint32_t)wg_mix64(x);
 }
 
 /* Bucket holding local_index, or -1. */

@@ -92,7 +92,7 @@ static void set_ctl(struct txbatch *tb, uint32_t m, const wg_addr *a, uint16_t g
 static void forget_src(wg_dp *dp, uint32_t peer, const wg_addr *bad)
 {
     pthread_rwlock_wrlock(&dp->lock);
-    if (peer < dp->max_peers && wg_addr_equal(&dp->endpoints[peer], bad))
+    if (peer < dp->clocks.max_peers && wg_addr_equal(&dp->endpoints[peer], bad))
         wg_addr_clear_src(&dp->endpoints[peer]);
     pthread_rwlock_unlock(&dp->lock);
 }

@@ -174,7 +174,6 @@ uint64_t       *wg_dp_drops(wg_dp *dp);                 /* WG_DROP_NREASONS coun
 #define WG_BATCH_BUCKETS   11
 #define WG_BATCH_STRIDE    12
 uint64_t       *wg_dp_batches(wg_dp *dp);               /* 2 * WG_BATCH_STRIDE counters */
-uint32_t        wg_events_pending(wg_dp *dp);           /* events waiting for Python */
 /* max_peers counters: times authenticated data moved a peer's endpoint (roaming). */
 uint64_t       *wg_dp_roams(wg_dp *dp);
 void            wg_dp_set_mtu(wg_dp *dp, uint32_t mtu);

@@ -146,6 +146,18 @@ static inline uint8_t *wg_slot(const wg_ring *r, uint32_t i)
     return r->slab + (size_t)i * r->slot_size;
 }
 
+/* A 64-bit integer mixer (MurmurHash3's finalizer) for the tables' hashes; where a sender
+ * chooses the input, the caller XORs in a random seed first. */
+static inline uint64_t wg_mix64(uint64_t x)
+{
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdULL;
+    x ^= x >> 33;
+    x *= 0xc4ceb9fe1a85ec53ULL;
+    x ^= x >> 33;
+    return x;
+}
+
 static inline uint32_t wg_le32(const uint8_t *p)
 {
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;

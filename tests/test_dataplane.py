@@ -333,7 +333,7 @@ def test_stop_ends_loops_and_resume_allows_new_ones(plane: Plane) -> None:
 
 def test_batch_and_event_counters(plane: Plane) -> None:
     """wg_dp_batches counts each received datagram once, in whatever batches it came, and
-    wg_events_pending is the handshake queue Python has not popped yet (messages that passed
+    events_pending is the handshake queue Python has not popped yet (messages that passed
     C's mac1 check)."""
     udp = plane.dp.batches[lib.WG_BATCH_UDP]
     before_sum, before_n = int(udp[lib.WG_BATCH_BUCKETS]), int(udp[:lib.WG_BATCH_BUCKETS].sum())

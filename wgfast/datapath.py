@@ -528,7 +528,8 @@ class DataPlane:
         return int(lib.wg_dp_eventfd(self._dp))
 
     def events_pending(self) -> int:
-        return int(lib.wg_events_pending(self._dp))
+        """Handshake messages queued for Python (control flags cannot back up)."""
+        return int(lib.wg_hs_queued(self._dp))
 
     def pop_events(self, max_events: int = 1 << 30,
                    ) -> list[tuple[int, int, int, Sticky | None, bytes]]:

@@ -551,8 +551,7 @@ class Device:
             return
         peer = self.table.live.get(pid)
         if peer is not None:
-            peer.zero_keys(self.indices)
-            peer.drop_staged()
+            peer.zero_keys(self.indices)     # C drops its staged packets with the peer
         keys = list(self.table.allowed(pid))
         if keys:
             # By name, so C need not walk the whole trie for this peer.
