@@ -6,7 +6,7 @@ setup(
     description="Userspace WireGuard for Linux: Python control plane, batched C data plane",
     python_requires=">=3.11",
     packages=find_packages(include=["wgfast", "wgfast.*"]),
-    package_data={"wgfast": ["flooder.c"]},     # compiled by wgfast.flood for tests/bench
+    package_data={"wgfast.lab": ["flooder.c"]},     # compiled by wgfast.lab.flood for tests/bench
     setup_requires=["cffi>=1.15"],
     cffi_modules=["csrc/build.py:ffibuilder"],
     install_requires=["cffi>=1.15", "pynacl>=1.5", "numpy>=1.24", "prometheus-client>=0.17",
@@ -17,7 +17,7 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "wgfast=wgfast.cli:main",
+            "wgfast=wgfast.lab.cli:main",
             "wgfast-daemon=wgfast.daemon:main",
         ]
     },

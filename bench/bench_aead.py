@@ -11,7 +11,7 @@ import nacl.bindings as nb
 import numpy as np
 import pytest
 
-from wgfast.datapath import BACKENDS, Ring, available_backends, choose_backend, ffi, lib
+from wgfast.dataplane import BACKENDS, Ring, available_backends, choose_backend, ffi, lib
 
 SIZES = [64, 512, 1420, 8192]
 BATCHES = [1, 16, 64, 128]

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from wgfast.datapath import ffi, lib
+from wgfast.dataplane import ffi, lib
 
 BATCH = 100_000
 BITS = {2: 32, 10: 128}

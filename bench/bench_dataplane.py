@@ -13,7 +13,7 @@ import os
 import numpy as np
 import pytest
 
-from wgfast.datapath import BACKENDS, Ring, choose_backend, ffi, lib
+from wgfast.dataplane import BACKENDS, Ring, choose_backend, ffi, lib
 
 SIZES = [64, 1420]
 BATCH = 128

@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from wgfast.flood import FloodResult, run_flood  # noqa: E402
-from wgfast.netns import WGFAST, WIREGUARD_GO, Topology  # noqa: E402
+from wgfast.lab.flood import FloodResult, run_flood  # noqa: E402
+from wgfast.lab.netns import WGFAST, WIREGUARD_GO, Topology  # noqa: E402
 
 IMPLS = {"wgfast": WGFAST, "wireguard-go": WIREGUARD_GO}
 CASES = [("none", 0), ("garbage", 200_000), ("garbage", 1_000_000), ("mac1", 50_000)]

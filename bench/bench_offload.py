@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from wgfast.datapath import ffi, lib  # noqa: E402
+from wgfast.dataplane import ffi, lib  # noqa: E402
 
 MSS = 1380
 NSEG = 44                 # IP length 40 + 44 * 1380 = 60760 bytes, what fits 64 KB at this MSS

@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from wgfast.datapath import DataPlane
+from wgfast.dataplane import DataPlane
 from wgfast.device import Device
 from wgfast.uapi import parse_set
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from wgfast.netns import WGFAST, WIREGUARD_GO, Implementation, Topology, start_wireguard  # noqa: E402
+from wgfast.lab.netns import WGFAST, WIREGUARD_GO, Implementation, Topology, start_wireguard  # noqa: E402
 
 WG_GO_MAX = 65536
 SIZES = (1000, 10000, 100000)

@@ -559,7 +559,7 @@ static uint32_t seal_chunk(wg_dp *dp, wg_ring *r, uint32_t first, uint32_t n, do
         uint32_t j = i + 1;
         while (j < end && r->peer[j] == peer)
             j++;
-        struct wg_keypair *kp = be >= 0 ? wg_kp_current(dp, peer) : NULL;
+        struct wg_keypair *kp = be >= 0 ? wg_keypair_of_peer(dp, peer) : NULL;
         if (!kp || now - kp->created >= WG_REJECT_AFTER_TIME) {
             for (uint32_t k = i; k < j; k++)
                 set_drop(r, k, WG_DROP_NO_KEY, dropped);
@@ -686,7 +686,7 @@ static uint32_t open_chunk(wg_dp *dp, wg_ring *r, uint32_t first, uint32_t n, do
             set_drop(r, i, WG_DROP_TYPE, dropped);
             continue;
         }
-        struct wg_keypair *kp = wg_kp_lookup(dp, wg_le32(slot + 4));
+        struct wg_keypair *kp = wg_keypair_lookup(dp, wg_le32(slot + 4));
         if (!kp) {
             set_drop(r, i, WG_DROP_NO_KEYPAIR, dropped);
             continue;
@@ -753,7 +753,7 @@ static uint32_t open_chunk(wg_dp *dp, wg_ring *r, uint32_t first, uint32_t n, do
             /* The responder's "next" keypair is confirmed by its first message -- if it is
              * still "next": a keypair installed as current after it (our own initiation
              * completed) demoted it to previous, and it must not override that one. */
-            const struct wg_keypair *cur = wg_kp_current(dp, kp->peer);
+            const struct wg_keypair *cur = wg_keypair_of_peer(dp, kp->peer);
             if (!cur || cur->seq < kp->seq) {
                 __atomic_store_n(&dp->current[kp->peer], (int32_t)(kp - dp->keypairs),
                                  __ATOMIC_RELEASE);

@@ -131,7 +131,7 @@ wg_dp *wg_dp_new(uint32_t max_peers, uint32_t max_keypairs, uint32_t mtu)
     pthread_rwlock_init(&dp->lock, NULL);
 
     int ok = grow_peers(dp, max_peers < PEERS_INITIAL ? max_peers : PEERS_INITIAL) == 0;
-    ok = ok && wg_kp_init(dp, max_keypairs < 16 ? max_keypairs : 16) == 0;
+    ok = ok && wg_keypair_table_init(dp, max_keypairs < 16 ? max_keypairs : 16) == 0;
 
     dp->aip4 = wg_aip_new();
     dp->aip6 = wg_aip_new();
@@ -165,7 +165,7 @@ void wg_dp_free(wg_dp *dp)
     for (uint32_t i = 0; i < dp->nretired; i++)
         free(dp->retired[i]);
     free(dp->retired);
-    wg_kp_free(dp);
+    wg_keypair_table_free(dp);
     if (dp->aip4) wg_aip_free(dp->aip4);
     if (dp->aip6) wg_aip_free(dp->aip6);
     wg_hs_free(dp->hs);
@@ -239,7 +239,7 @@ int wg_peer_remove(wg_dp *dp, uint32_t peer)
         pthread_rwlock_unlock(&dp->lock);
         return -EINVAL;
     }
-    wg_kp_remove_peer_locked(dp, peer);
+    wg_keypair_remove_peer_locked(dp, peer);
     pthread_rwlock_unlock(&dp->lock);
     wg_aip_remove_peer(dp, peer);
     pthread_rwlock_wrlock(&dp->lock);

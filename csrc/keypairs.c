@@ -36,13 +36,13 @@ static int64_t bucket_of(wg_dp *dp, uint32_t local_index)
     return -1;
 }
 
-struct wg_keypair *wg_kp_lookup(wg_dp *dp, uint32_t local_index)
+struct wg_keypair *wg_keypair_lookup(wg_dp *dp, uint32_t local_index)
 {
     int64_t b = bucket_of(dp, local_index);
     return b < 0 ? NULL : &dp->keypairs[dp->kp_hash[b] - 1];
 }
 
-struct wg_keypair *wg_kp_current(wg_dp *dp, uint32_t peer)
+struct wg_keypair *wg_keypair_of_peer(wg_dp *dp, uint32_t peer)
 {
     if (peer >= dp->clocks.max_peers)
         return NULL;
@@ -66,7 +66,7 @@ static void hash_delete(wg_dp *dp, uint32_t hole)
     }
 }
 
-int wg_kp_init(wg_dp *dp, uint32_t slots)
+int wg_keypair_table_init(wg_dp *dp, uint32_t slots)
 {
     uint32_t hs = 16;
     while (hs < slots * 2)
@@ -86,7 +86,7 @@ int wg_kp_init(wg_dp *dp, uint32_t slots)
     return 0;
 }
 
-void wg_kp_free(wg_dp *dp)
+void wg_keypair_table_free(wg_dp *dp)
 {
     if (dp->keypairs) {
         /* No key bytes outlive the data plane. */
@@ -229,7 +229,7 @@ int wg_keypair_remove(wg_dp *dp, uint32_t local_index)
     return 0;
 }
 
-void wg_kp_remove_peer_locked(wg_dp *dp, uint32_t peer)
+void wg_keypair_remove_peer_locked(wg_dp *dp, uint32_t peer)
 {
     while (dp->kp_head[peer] >= 0) {
         uint32_t slot = (uint32_t)dp->kp_head[peer];
@@ -245,7 +245,7 @@ void wg_kp_remove_peer_locked(wg_dp *dp, uint32_t peer)
 int wg_keypair_set_counter(wg_dp *dp, uint32_t local_index, uint64_t next_send)
 {
     pthread_rwlock_wrlock(&dp->lock);
-    struct wg_keypair *kp = wg_kp_lookup(dp, local_index);
+    struct wg_keypair *kp = wg_keypair_lookup(dp, local_index);
     if (kp)
         kp->send_counter = next_send;
     pthread_rwlock_unlock(&dp->lock);
@@ -259,7 +259,7 @@ int wg_keypair_current(wg_dp *dp, uint32_t peer, uint32_t *local_index)
         pthread_rwlock_unlock(&dp->lock);
         return -EINVAL;
     }
-    struct wg_keypair *kp = wg_kp_current(dp, peer);
+    struct wg_keypair *kp = wg_keypair_of_peer(dp, peer);
     if (kp && local_index)
         *local_index = kp->local_index;
     pthread_rwlock_unlock(&dp->lock);

@@ -168,7 +168,7 @@ static void check_and_stamp(wg_dp *dp, wg_ring *r, uint32_t n, double now, uint3
         if (!wg_addr_equal(&dp->endpoints[peer], &seen[k].addr))
             moved = 1;
         /* Data on a keypair we initiated that is nearly too old: rekey now (6.2). */
-        const struct wg_keypair *kp = wg_kp_current(dp, peer);
+        const struct wg_keypair *kp = wg_keypair_of_peer(dp, peer);
         if (seen[k].data && kp && kp->initiator &&
             now - kp->created >= WG_REJECT_AFTER_TIME - WG_KEEPALIVE_TIMEOUT - WG_REKEY_TIMEOUT)
             wg_want_handshake(dp, peer, now);

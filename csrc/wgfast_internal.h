@@ -101,12 +101,12 @@ struct wg_dp {
 };
 
 /* keypairs.c -- callers hold dp->lock (read or write). */
-struct wg_keypair *wg_kp_lookup(wg_dp *dp, uint32_t local_index);
-struct wg_keypair *wg_kp_current(wg_dp *dp, uint32_t peer);
-int  wg_kp_init(wg_dp *dp, uint32_t slots);         /* at wg_dp_new */
-void wg_kp_free(wg_dp *dp);
+struct wg_keypair *wg_keypair_lookup(wg_dp *dp, uint32_t local_index);
+struct wg_keypair *wg_keypair_of_peer(wg_dp *dp, uint32_t peer);
+int  wg_keypair_table_init(wg_dp *dp, uint32_t slots);         /* at wg_dp_new */
+void wg_keypair_table_free(wg_dp *dp);
 /* Remove every keypair of a peer; caller holds the write lock. */
-void wg_kp_remove_peer_locked(wg_dp *dp, uint32_t peer);
+void wg_keypair_remove_peer_locked(wg_dp *dp, uint32_t peer);
 
 /* dataplane.c: keep an old table until wg_dp_free (caller holds the write lock). */
 void wg_dp_retire(wg_dp *dp, void *p);

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import settings
 
-from wgfast.netns import (
+from wgfast.lab.netns import (
     WGFAST,
     WGFAST_NO_OFFLOADS,
     WGFAST_PIPELINE,

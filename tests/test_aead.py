@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from wgfast.datapath import (
+from wgfast.dataplane import (
     BACKENDS,
     Ring,
     available_backends,

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wgfast.datapath import ffi, lib
+from wgfast.dataplane import ffi, lib
 
 MAX_PEERS = 64
 BITS = {2: 32, 10: 128}

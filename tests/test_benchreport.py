@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import NETNS_PREFIX, netns_unavailable, require_impl
 
-from wgfast import benchreport
-from wgfast.netns import iperf3_available
+from wgfast.lab import benchreport
+from wgfast.lab.netns import iperf3_available
 
 
 def _namespaces() -> str:

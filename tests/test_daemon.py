@@ -20,7 +20,7 @@ from conftest import needs_tun, sh
 from test_dataplane import netns, until
 
 from wgfast import daemon
-from wgfast.netns import (
+from wgfast.lab.netns import (
     UNDERLAY4,
     WGFAST,
     Host,
@@ -436,7 +436,7 @@ def _handshakes(ns: str, iface: str, public_key: str) -> float:
 def test_metrics_flag_serves_in_the_daemons_namespace(ns: str, iface: str) -> None:
     import urllib.request
 
-    from wgfast.netns import inside
+    from wgfast.lab.netns import inside
 
     proc = subprocess.Popen(["ip", "netns", "exec", ns, *DAEMON, "-f", "--metrics",
                              "127.0.0.1:9587", iface], cwd=ROOT, env=env(),

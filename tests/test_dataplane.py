@@ -1,7 +1,7 @@
-"""dataplane.c through wgfast.datapath.DataPlane: peers, endpoints, byte counters, what C hands
-to Python (handshake queue, control flags) and stopping the I/O loops -- with a real TUN and
-real UDP sockets in a namespace of our own, but without a Device.  The `plane` fixture here is
-shared by test_send.py and test_receive.py.
+"""wgfast.dataplane.DataPlane and dataplane.c: the native handles; peers, endpoints, byte
+counters, what C hands to Python (handshake queue, control flags) and stopping the I/O loops --
+with a real TUN and real UDP sockets in a namespace of our own, but without a Device.  The
+`plane` fixture here is shared by test_send.py and test_receive.py.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import nacl.bindings as aead
 import pytest
 from conftest import inet_csum, needs_tun, sh
 
-from wgfast.datapath import DataPlane, lib
-from wgfast.netns import inside
+from wgfast.dataplane import ADDR_DTYPE, DataPlane, ffi, lib
+from wgfast.lab.netns import inside
 from wgfast.tun import Tun
 
 NS = "h6dp"
@@ -402,3 +402,28 @@ def test_message_opened_for_a_released_id_is_not_credited_to_its_next_owner(
         plane.app.recv(65536)
     assert until(lambda: plane.drops(lib.WG_DROP_NO_KEYPAIR) > before)
     assert plane.dp.get_endpoint(0) == plane.remote.getsockname()
+
+
+# ---- the native module's handles, without a TUN ----
+def test_addr_layout_matches_c() -> None:
+    assert ffi.sizeof("wg_addr") == ADDR_DTYPE.itemsize == 44
+
+
+def test_dp_lifecycle() -> None:
+    dp = lib.wg_dp_new(8, 32, 1420)
+    assert dp != ffi.NULL
+    clocks = lib.wg_dp_clocks(dp)
+    assert clocks.max_peers == 8
+    assert lib.wg_peer_add(dp, 3) == 0
+    assert clocks.active[3] == 1
+    assert lib.wg_peer_add(dp, 8) < 0
+    lib.wg_dp_free(dp)
+
+
+def test_monotonic_clock_is_pythons() -> None:
+    import time
+
+    a = time.monotonic()
+    b = lib.wg_now()
+    c = time.monotonic()
+    assert a <= b <= c

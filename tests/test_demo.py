@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import NETNS_PREFIX, netns_unavailable, require_impl
 
-from wgfast import cli, demo
+from wgfast.lab import cli, demo
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,6 +48,6 @@ def test_demo_console_script_reports_unavailable_daemon() -> None:
 
 
 def test_cli_help_lists_subcommands() -> None:
-    res = subprocess.run([sys.executable, "-m", "wgfast.cli", "--help"], cwd=ROOT,
+    res = subprocess.run([sys.executable, "-m", "wgfast.lab.cli", "--help"], cwd=ROOT,
                          capture_output=True, text=True)
     assert res.returncode == 0 and "demo" in res.stdout and "bench" in res.stdout

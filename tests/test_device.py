@@ -21,9 +21,9 @@ from conftest import needs_tun, sh
 from test_dataplane import netns, until
 from test_send import ADDRS, IP_PKTINFO, Multi, multi_fixture  # noqa: F401  (a fixture)
 
-from wgfast.datapath import Sticky
+from wgfast.dataplane import Sticky
 from wgfast.device import Device
-from wgfast.netns import inside
+from wgfast.lab.netns import inside
 from wgfast.noise import StaticIdentity
 from wgfast.uapi import UapiError
 
@@ -354,7 +354,7 @@ def test_handshake_queue_drained_in_slices_uapi_not_starved(one: Side) -> None:
     import time
 
     from wgfast.cookie import CookieState
-    from wgfast.datapath import addr_to_c, ffi, lib
+    from wgfast.dataplane import addr_to_c, ffi, lib
     from wgfast.device import HANDSHAKE_SLICE
     from wgfast.messages import parse_cookie_reply
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 from conftest import require_impl
 
-from wgfast.flood import run_flood
+from wgfast.lab.flood import run_flood
+from wgfast.lab.netns import Topology
 from wgfast.messages import REKEY_TIMEOUT
-from wgfast.netns import Topology
 
 MB = 1024
 

@@ -12,7 +12,7 @@ import random
 import pytest
 
 from wgfast.cookie import CookieChecker, CookieState
-from wgfast.datapath import DataPlane, addr_to_c, check_handshake_crypto, ffi, lib
+from wgfast.dataplane import DataPlane, addr_to_c, check_handshake_crypto, ffi, lib
 from wgfast.messages import MAX_STAGED_PACKETS, parse_cookie_reply
 from wgfast.noise import StaticIdentity
 from wgfast.ratelimiter import RateLimiter
@@ -173,7 +173,7 @@ def test_control_flags_never_overflow() -> None:
     CONFIRMED from the first data under a responder's next keypair."""
     import nacl.bindings as nb
 
-    from wgfast.datapath import Ring
+    from wgfast.dataplane import Ring
     n = 1500
     dp = DataPlane(max_peers=n, max_keypairs=2 * n + 4)
     key = os.urandom(32)

@@ -20,7 +20,7 @@ import nacl.exceptions
 import pytest
 from conftest import require_impl
 
-from wgfast.netns import (
+from wgfast.lab.netns import (
     INNER4,
     INNER6,
     SOCKET_DIR,
@@ -281,7 +281,7 @@ def test_low_order_public_keys_never_handshake(tunnel: Tunnel) -> None:
 
 def test_wg_quick_up_down(topo: Topology, impls: tuple) -> None:
     impl_a, impl_b = impls
-    from wgfast.netns import start_wireguard
+    from wgfast.lab.netns import start_wireguard
 
     ka, kb = genkey(), genkey()
     iface_a = topo.new_iface_name(topo.a)

@@ -4,7 +4,7 @@ tunnel, ICMP errors routed back through it, a peer with the device's own public 
 private-key change followed at once by a handshake, clearing private and preshared keys, and
 MTUs far above Ethernet's.
 
-Each test builds its own namespaces (wgfast.netns.Topology) with real daemons.  `a` initiates
+Each test builds its own namespaces (wgfast.lab.netns.Topology) with real daemons.  `a` initiates
 (it knows `b`'s endpoint); where a scenario examines one device's behaviour, that device is `a`
 and is wgfast, and the far side is wgfast or wireguard-go.
 """
@@ -20,7 +20,7 @@ from collections.abc import Iterator
 import pytest
 from conftest import NETNS_PREFIX, netns_unavailable, require_impl
 
-from wgfast.netns import (
+from wgfast.lab.netns import (
     INNER4,
     INNER6,
     Host,

@@ -9,7 +9,7 @@ import random
 import nacl.bindings as nb
 import pytest
 
-from wgfast.datapath import Ring, ffi, init_aead, lib
+from wgfast.dataplane import Ring, ffi, init_aead, lib
 
 
 @pytest.fixture

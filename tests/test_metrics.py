@@ -13,9 +13,17 @@ import pytest
 from conftest import require_impl
 from prometheus_client.parser import text_string_to_metric_families
 
-from wgfast.datapath import DROP_REASONS, lib
+from wgfast.dataplane import DROP_REASONS, lib
+from wgfast.lab.netns import (
+    INNER4,
+    WGFAST,
+    Implementation,
+    Topology,
+    inside,
+    key_to_hex,
+    make_tunnel,
+)
 from wgfast.metrics import HANDSHAKE_OUTCOMES, LatencyHistogram, parse_address
-from wgfast.netns import INNER4, WGFAST, Implementation, Topology, inside, key_to_hex, make_tunnel
 
 METRICS_PORT = 9586
 WGFAST_METRICS = Implementation("wgfast-metrics", WGFAST.argv,
@@ -219,7 +227,7 @@ def test_python_api_metrics_and_serve_metrics() -> None:
 def test_roaming_and_handshake_timeouts(tunnel, topo: Topology) -> None:
     from test_dataplane import until
 
-    from wgfast.netns import genkey, pubkey
+    from wgfast.lab.netns import genkey, pubkey
 
     a, b = tunnel.pair
     on_b = {"interface": b.iface, "public_key": a.public_key}

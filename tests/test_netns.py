@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import NETNS_PREFIX, netns_unavailable, require_impl
 
-from wgfast.netns import (
+from wgfast.lab.netns import (
     INNER4,
     SOCKET_DIR,
     UNDERLAY4,
@@ -104,7 +104,7 @@ def test_cpu_seconds_of_self_grows() -> None:
 def test_implementation_availability(tmp_path: Path) -> None:
     assert Implementation("x", ["/nonexistent/daemon", "-f"]).unavailable_reason()
     assert Implementation("y", [sys.executable, "-m", "wgfast.no_such_module"]).unavailable_reason()
-    impl = Implementation("z", [sys.executable, "-m", "wgfast.netns", "-f"], env={"A": "b c"})
+    impl = Implementation("z", [sys.executable, "-m", "wgfast.lab.netns", "-f"], env={"A": "b c"})
     assert impl.unavailable_reason() is None
     assert impl.command("wg0")[-1] == "wg0" and "-f" not in impl.detaching_argv()
     script = wrapper_script(impl, tmp_path)
@@ -143,7 +143,7 @@ def test_topology_cleanup_on_exception_and_ctrl_c() -> None:
 def test_topology_cleanup_on_sigterm(tmp_path: Path) -> None:
     code = (
         "import sys, time\n"
-        "from wgfast.netns import Topology, WIREGUARD_GO, make_tunnel\n"
+        "from wgfast.lab.netns import Topology, WIREGUARD_GO, make_tunnel\n"
         f"with Topology({NETNS_PREFIX!r}) as t:\n"
         "    ifaces = []\n"
         "    if WIREGUARD_GO.unavailable_reason() is None:\n"

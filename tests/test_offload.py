@@ -21,8 +21,8 @@ from conftest import inet_csum, inet_sum, needs_tun
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wgfast.datapath import ffi, lib
-from wgfast.netns import inside
+from wgfast.dataplane import ffi, lib
+from wgfast.lab.netns import inside
 
 VNET = 10
 ACK, PSH, FIN, SYN, RST, CWR, ECE = 0x10, 0x08, 0x01, 0x02, 0x04, 0x80, 0x40

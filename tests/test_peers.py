@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from conftest import needs_tun
 
-from wgfast.datapath import DataPlane, Ring, lib
-from wgfast.netns import WGFAST, Topology, genkey, pubkey, start_wireguard
+from wgfast.dataplane import DataPlane, Ring, lib
+from wgfast.lab.netns import WGFAST, Topology, genkey, pubkey, start_wireguard
 from wgfast.peers import PeerTable, format_key, key_of_network, network_of_key, prefix_key
 
 # ---- prefix keys ---------------------------------------------------------------------------

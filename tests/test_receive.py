@@ -23,7 +23,7 @@ from test_dataplane import (  # noqa: F401  (plane_fixture provides `plane`)
 )
 from test_send import ADDRS, Multi, multi_fixture  # noqa: F401  (multi is a fixture)
 
-from wgfast.datapath import lib
+from wgfast.dataplane import lib
 
 pytestmark = needs_root
 

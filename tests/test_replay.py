@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wgfast.datapath import ffi, lib
+from wgfast.dataplane import ffi, lib
 
 WINDOW = lib.WG_REPLAY_WINDOW
 REJECT = 2**64 - 2**13 - 1

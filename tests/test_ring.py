@@ -1,4 +1,4 @@
-"""csrc/ring.c and datapath.Ring: slot layout and zero-copy numpy views."""
+"""csrc/ring.c and dataplane.Ring: slot layout and zero-copy numpy views."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from wgfast.datapath import ADDR_DTYPE, Ring, ffi, init_aead, lib
+from wgfast.dataplane import ADDR_DTYPE, Ring, ffi, init_aead, lib
 
 
 def test_layout() -> None:

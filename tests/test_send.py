@@ -34,8 +34,8 @@ from test_dataplane import (  # noqa: F401  (plane is a fixture)
     until,
 )
 
-from wgfast.datapath import DataPlane, Sticky, lib
-from wgfast.netns import inside
+from wgfast.dataplane import DataPlane, Sticky, lib
+from wgfast.lab.netns import inside
 from wgfast.tun import Tun
 
 pytestmark = needs_root
@@ -416,7 +416,7 @@ def test_own_message_routed_back_into_its_tunnel_is_a_loop(plane: Plane) -> None
     instead of being sealed again (and again)."""
     import socket
 
-    from wgfast.netns import inside
+    from wgfast.lab.netns import inside
 
     port = plane.addr[1]
     with inside(plane.ns):

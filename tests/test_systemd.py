@@ -21,7 +21,7 @@ import pytest
 from test_daemon import DAEMON, ROOT, daemon_pids, env, iface, needs_root, ns, sock_live
 
 from wgfast import systemd
-from wgfast.netns import inside
+from wgfast.lab.netns import inside
 from wgfast.noise import StaticIdentity
 
 __all__ = ["iface", "ns"]       # fixtures, used by name

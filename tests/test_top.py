@@ -15,7 +15,7 @@ from rich.console import Console
 from test_metrics import METRICS_PORT, WGFAST_METRICS, send_udp, tunnel_fixture  # noqa: F401
 
 from wgfast import top
-from wgfast.netns import INNER4, Topology, inside, key_to_hex
+from wgfast.lab.netns import INNER4, Topology, inside, key_to_hex
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -79,7 +79,7 @@ def test_frame_from_the_metrics_endpoint(tunnel, topo: Topology) -> None:
 
 def test_top_once_command(tunnel, topo: Topology) -> None:
     a, b = tunnel.pair
-    out = subprocess.run([sys.executable, "-m", "wgfast.cli", "top", a.iface, "--once",
+    out = subprocess.run([sys.executable, "-m", "wgfast.lab.cli", "top", a.iface, "--once",
                           "--interval", "0.2"], cwd=ROOT, capture_output=True, text=True,
                          timeout=30, env={"PYTHONPATH": str(ROOT), "COLUMNS": "200",
                                           "PATH": "/usr/bin:/bin"})
@@ -90,7 +90,7 @@ def test_top_once_command(tunnel, topo: Topology) -> None:
 
 
 def test_unknown_interface_is_a_clear_error() -> None:
-    out = subprocess.run([sys.executable, "-m", "wgfast.cli", "top", "nosuchwg0", "--once"],
+    out = subprocess.run([sys.executable, "-m", "wgfast.lab.cli", "top", "nosuchwg0", "--once"],
                          cwd=ROOT, capture_output=True, text=True, timeout=30,
                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert out.returncode == 1 and "nosuchwg0" in out.stderr and "Traceback" not in out.stderr

@@ -10,7 +10,7 @@ import os
 import nacl.bindings as aead
 from test_peer import Side, handshake
 
-from wgfast.datapath import DataPlane, Ring, lib
+from wgfast.dataplane import DataPlane, Ring, lib
 from wgfast.peer import KeypairMaterial
 
 PEER = 0            # each side's id for the other

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 from conftest import inet_csum, needs_tun, sh
 
-from wgfast.netns import inside
+from wgfast.lab.netns import inside
 from wgfast.tun import Tun, TunError, TunGone, link_events
 
 NS = "h3tst0"

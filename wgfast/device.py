@@ -33,7 +33,7 @@ import numpy as np
 
 from wgfast import messages, timers
 from wgfast.cookie import CookieChecker, Verdict, source_bytes
-from wgfast.datapath import DataPlane, lib, pack_endpoints
+from wgfast.dataplane import DataPlane, lib, pack_endpoints
 from wgfast.metrics import LatencyHistogram, MetricsServer
 from wgfast.noise import StaticIdentity
 from wgfast.peer import IndexTable, KeypairMaterial, Peer, consume_initiation
@@ -290,7 +290,7 @@ class Device:
     def open(self) -> None:
         """Create the TUN interface and the data plane, and bind a UDP port (random until the
         user sets one).  The control loop is started by start() or run_forever()."""
-        from wgfast.datapath import check_handshake_crypto, choose_backend
+        from wgfast.dataplane import check_handshake_crypto, choose_backend
 
         try:
             self.aead_in_use = choose_backend(self.aead_name)
@@ -478,7 +478,7 @@ class Device:
 
     def _sendto(self, data: bytes, ep: tuple[str, int]) -> bool:
         """Send a handshake message to ep; from its sticky source (ep.src, when it is a
-        datapath.Sticky that has one) like the data plane, else from where routing says."""
+        dataplane.Sticky that has one) like the data plane, else from where routing says."""
         host, port = ep
         s = self.sock6 if ":" in host else self.sock4
         if s is None:

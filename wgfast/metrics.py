@@ -41,7 +41,7 @@ HANDSHAKE_OUTCOMES: dict[str, Callable[[Device], int]] = {
 
 
 def _drop(dev: Device, name: str) -> int:
-    from wgfast.datapath import lib
+    from wgfast.dataplane import lib
 
     assert dev.dp is not None
     return int(dev.dp.drops[getattr(lib, name)])
@@ -108,7 +108,7 @@ class Sample:
 
 def sample(dev: Device) -> Sample:
     """Copy the device's counters; runs in the control loop (or under its lock)."""
-    from wgfast.datapath import DROP_REASONS, lib
+    from wgfast.dataplane import DROP_REASONS, lib
     from wgfast.peers import format_key
 
     def take() -> Sample:
@@ -150,7 +150,7 @@ def _endpoint_text(ep: Any) -> str:
 
 
 def _batch_buckets(row: np.ndarray) -> tuple[list[tuple[str, float]], float]:
-    from wgfast.datapath import lib
+    from wgfast.dataplane import lib
 
     nb = lib.WG_BATCH_BUCKETS
     acc = np.cumsum(row[:nb])
@@ -176,7 +176,7 @@ class DeviceCollector:
             InfoMetricFamily,
         )
 
-        from wgfast.datapath import lib
+        from wgfast.dataplane import lib
 
         s = sample(self.dev)
         labels = ["interface", "public_key", "allowed_ips"]

@@ -42,7 +42,7 @@ REKEY_ON_RECEIVE_AGE = REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT
 @dataclass
 class Clocks:
     """Plain numpy twin of struct wg_peer_clocks (tests, benchmarks); the device passes the
-    real views from datapath.py, which have the same attribute names."""
+    real views from dataplane.py, which have the same attribute names."""
     last_data_sent: np.ndarray
     last_data_recv: np.ndarray
     last_auth_sent: np.ndarray

@@ -763,7 +763,7 @@ def wrapper_script(impl: Implementation, directory: Path) -> Path:
     path = directory / f"{impl.name}-daemon"
     env = "".join(f"export {k}={_shq(v)}\n" for k, v in impl.env)
     pp = os.environ.get("PYTHONPATH", "")
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parents[2])
     env += f"export PYTHONPATH={_shq(root + (':' + pp if pp else ''))}\n"
     argv = " ".join(_shq(a) for a in impl.detaching_argv())
     path.write_text(f"#!/bin/sh\n{env}exec {argv} \"$@\"\n")

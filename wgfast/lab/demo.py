@@ -7,7 +7,7 @@ import sys
 import time
 from typing import TextIO
 
-from wgfast.netns import (
+from wgfast.lab.netns import (
     INNER4,
     INNER6,
     WGFAST,

@@ -13,7 +13,8 @@ micro-benchmarks: python3 -m pytest bench --benchmark-only (in the source tree)"
 
 
 def main(argv: list[str] | None = None) -> int:
-    from wgfast import __version__, benchreport, demo, top
+    from wgfast import __version__, top
+    from wgfast.lab import benchreport, demo
 
     p = argparse.ArgumentParser(
         prog="wgfast", description="Userspace WireGuard for Linux: demo and benchmark tools.",

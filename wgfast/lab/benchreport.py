@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TextIO
 
 import wgfast
-from wgfast.netns import (
+from wgfast.lab.netns import (
     INNER4,
     UNDERLAY4,
     WGFAST,

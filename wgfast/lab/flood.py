@@ -1,7 +1,7 @@
 """A bounded handshake flood against a daemon in a Topology, and the first legitimate
 handshake measured through it (tests/test_flood.py asserts, bench/bench_flood.py reports).
 
-The flooder is a small C program (wgfast/flooder.c, compiled here with the system compiler)
+The flooder is a small C program (wgfast/lab/flooder.c, compiled here with the system compiler)
 that sends precomputed datagrams with sendmmsg at a paced rate from many source ports of one
 address that this module adds to host a's veth, so the flood only ever travels inside the
 topology's namespaces, and never sends more than rate x seconds datagrams.
@@ -18,8 +18,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cookie import CookieState
-from .netns import INNER4, UNDERLAY4, Implementation, Topology, WireGuard, make_tunnel
+from wgfast.cookie import CookieState
+from wgfast.lab.netns import INNER4, UNDERLAY4, Implementation, Topology, WireGuard, make_tunnel
 
 FLOOD_SRC = "10.200.0.3"             # a second address on host a's veth
 SOURCE = Path(__file__).with_name("flooder.c")

@@ -1,4 +1,4 @@
-/* flooder.c -- a bounded UDP flood for tests and benchmarks (wgfast/flood.py compiles it).
+/* flooder.c -- a bounded UDP flood for tests and benchmarks (wgfast/lab/flood.py compiles it).
  *
  *   flooder SRC_IP DST_IP DST_PORT RATE SECONDS NSOCKS FILE
  *
