@@ -383,11 +383,6 @@ void wg_dp_set_offloads(wg_dp *dp, int tun_vnet, int udp_gso, int udp_gro)
     dp->udp_gro = udp_gro;
 }
 
-void wg_dp_set_threads(wg_dp *dp, int mode)
-{
-    dp->threads = mode == WG_THREADS_PIPELINE ? WG_THREADS_PIPELINE : WG_THREADS_RTC;
-}
-
 int wg_dp_offloads(wg_dp *dp)
 {
     return (dp->tun_vnet & WG_TUN_VNET ? 1 : 0) | (dp->udp_gso4 ? 2 : 0) |

@@ -31,14 +31,4 @@ int wg_wait_readable(wg_dp *dp, int fd);
 
 #define WG_IO_BATCH 64
 
-/* The two-stage pipeline (dp->threads == WG_THREADS_PIPELINE): the loop's thread is stage 1
- * (I/O in) and fills rings it takes from the pipe; a second thread, stage 2, runs fn on each
- * ring it is handed, in order, and gives the ring back.  PIPE_DEPTH rings of nslots slots. */
-typedef struct wg_pipe wg_pipe;
-typedef void (*wg_stage_fn)(void *ctx, wg_ring *r, uint32_t n);
-wg_pipe  *wg_pipe_new(uint32_t nslots, uint32_t data_cap, wg_stage_fn fn, void *ctx);
-wg_ring  *wg_pipe_take(wg_pipe *p);                     /* an empty ring (waits for one) */
-void      wg_pipe_put(wg_pipe *p, wg_ring *r, uint32_t n);  /* to stage 2: slots [0, n) */
-void      wg_pipe_free(wg_pipe *p);                     /* finish what was put, join, free */
-
 #endif

@@ -24,9 +24,6 @@
  *      consecutive segments of one TCP flow (and with USO, equal-sized datagrams of one UDP
  *      flow) are first joined into one super-packet (wg_gro_coalesce), so the kernel takes a
  *      whole train in one write.
- *
- * With WG_THREADS_PIPELINE, step 1 stays on this thread and steps 2-6 run on a second one
- * (wg_pipe), each batch in a ring of its own.
  */
 #include "io.h"
 
@@ -290,28 +287,11 @@ static uint32_t gro_size(struct msghdr *h)
     return 0;
 }
 
-struct open_stage {
-    wg_dp *dp;
-    struct rxbatch *rb;
-};
-
-/* Stage 2 of the pipeline: steps 2-6 for a batch of datagrams. */
-static void open_stage(void *ctx, wg_ring *r, uint32_t n)
-{
-    struct open_stage *s = ctx;
-    process(s->dp, r, n, s->rb);
-}
-
-/* Steps 2-6 for slots [0, n) here, or on stage 2; the ring to fill next. */
-static wg_ring *hand_on(wg_dp *dp, wg_pipe *pipe, wg_ring *r, uint32_t n, struct rxbatch *rb)
+/* Steps 2-6 for slots [0, n). */
+static void hand_on(wg_dp *dp, wg_ring *r, uint32_t n, struct rxbatch *rb)
 {
     wg_count_batch(dp, WG_BATCH_UDP, n);
-    if (!pipe) {
-        process(dp, r, n, rb);
-        return r;
-    }
-    wg_pipe_put(pipe, r, n);
-    return wg_pipe_take(pipe);
+    process(dp, r, n, rb);
 }
 
 static void free_rxbatch(struct rxbatch *rb)
@@ -340,14 +320,7 @@ int wg_run_receive(wg_dp *dp, int udp_fd)
     uint32_t nslots = gro ? RECV_SLOTS : WG_IO_BATCH;
     uint32_t nbufs = gro ? GRO_BUFS : WG_IO_BATCH;
     struct rxbatch *rb = new_rxbatch(dp->tun_vnet);
-    struct open_stage stage = {dp, rb};
-    wg_pipe *pipe = NULL;
-    if (dp->threads == WG_THREADS_PIPELINE && rb) {
-        stage.rb = new_rxbatch(dp->tun_vnet);
-        pipe = stage.rb ? wg_pipe_new(nslots, cap, open_stage, &stage) : NULL;
-    }
-    wg_ring *own = pipe ? NULL : wg_ring_new(nslots, cap);
-    wg_ring *r = pipe ? wg_pipe_take(pipe) : own;
+    wg_ring *r = wg_ring_new(nslots, cap);
     uint8_t *bufs = gro ? malloc((size_t)GRO_BUFS * GRO_BUF_CAP) : NULL;
     int ret = 0;
     if (!r || !rb || (gro && !bufs)) {
@@ -386,9 +359,7 @@ int wg_run_receive(wg_dp *dp, int udp_fd)
                     wg_drop(dp, WG_DROP_TOO_BIG, 1);
                 }
             }
-            r = hand_on(dp, pipe, r, (uint32_t)got, rb);
-            for (uint32_t i = 0; pipe && i < nbufs; i++)
-                rb->iov[i].iov_base = wg_slot(r, i);
+            hand_on(dp, r, (uint32_t)got, rb);
             continue;
         }
         /* Step 1 with GRO: split each train into slots, processing whenever they are full. */
@@ -406,7 +377,7 @@ int wg_run_receive(wg_dp *dp, int udp_fd)
             for (uint32_t off = 0; off < len; off += seg) {
                 uint32_t l = len - off < seg ? len - off : seg;
                 if (n == nslots) {
-                    r = hand_on(dp, pipe, r, n, rb);
+                    hand_on(dp, r, n, rb);
                     n = 0;
                 }
                 r->addr[n] = src;
@@ -422,14 +393,11 @@ int wg_run_receive(wg_dp *dp, int udp_fd)
             }
         }
         if (n)
-            r = hand_on(dp, pipe, r, n, rb);
+            hand_on(dp, r, n, rb);
     }
 out:
-    wg_pipe_free(pipe);
-    wg_ring_free(own);
+    wg_ring_free(r);
     free_rxbatch(rb);
-    if (stage.rb != rb)
-        free_rxbatch(stage.rb);
     free(bufs);
     return ret;
 }

@@ -29,9 +29,7 @@
  * ring): otherwise the batch is dropped, since the id may name another peer by then.
  *
  * The control plane sends keepalives (and wg_stage_flush staged packets) with wg_send_packet,
- * which takes the same path (steps 3-5) for one packet.  With WG_THREADS_PIPELINE, steps 1-2
- * stay on this thread and steps 3-5 run on a second one (wg_pipe), each batch in a ring of its
- * own.
+ * which takes the same path (steps 3-5) for one packet.
  */
 #include "io.h"
 
@@ -375,30 +373,14 @@ static uint32_t cut_vnet(wg_dp *dp, wg_ring *r, uint32_t n, const uint8_t *big,
     return (uint32_t)c;
 }
 
-struct seal_stage {
-    wg_dp *dp;
-    struct txbatch *tb;
-};
-
-/* Stage 2 of the pipeline: steps 3-5 for a routed batch. */
-static void seal_stage(void *ctx, wg_ring *r, uint32_t n)
-{
-    struct seal_stage *s = ctx;
-    seal_and_send(s->dp, r, n, wg_now(), s->tb, 1);
-}
-
 int wg_run_send(wg_dp *dp)
 {
     uint32_t cap = dp->mtu > 1500 ? dp->mtu : 1500;
-    struct seal_stage stage = {dp, calloc(1, sizeof(struct txbatch))};
-    wg_pipe *pipe = dp->threads == WG_THREADS_PIPELINE && stage.tb
-                    ? wg_pipe_new(SEND_SLOTS, cap, seal_stage, &stage) : NULL;
-    wg_ring *own = pipe ? NULL : wg_ring_new(SEND_SLOTS, cap);
-    wg_ring *r = pipe ? wg_pipe_take(pipe) : own;
-    struct txbatch *tb = pipe ? NULL : stage.tb;
+    struct txbatch *tb = calloc(1, sizeof(struct txbatch));
+    wg_ring *r = wg_ring_new(SEND_SLOTS, cap);
     uint8_t *big = malloc(BIG_CAP);
     int ret = 0;
-    if (!r || !stage.tb || !big) {
+    if (!r || !tb || !big) {
         ret = -ENOMEM;
         goto out;
     }
@@ -501,19 +483,12 @@ int wg_run_send(wg_dp *dp)
         pthread_rwlock_unlock(&dp->lock);
         if (keep)
             wg_test_pause(dp, WG_DELAY_SEND_ROUTED);
-        if (keep && pipe) {
-            wg_pipe_put(pipe, r, keep);
-            r = wg_pipe_take(pipe);
-            for (uint32_t i = 0; i < SEND_SLOTS; i++)
-                outs[i] = wg_slot(r, i) + WG_HEADROOM;
-        } else if (keep) {
+        if (keep)
             seal_and_send(dp, r, keep, wg_now(), tb, 1);
-        }
     }
 out:
-    wg_pipe_free(pipe);
-    wg_ring_free(own);
-    free(stage.tb);
+    wg_ring_free(r);
+    free(tb);
     free(big);
     return ret;
 }

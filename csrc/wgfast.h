@@ -323,12 +323,6 @@ void wg_dp_resume(wg_dp *dp);       /* after wg_dp_stop and the loops returned: 
 #define WG_TUN_VNET 1
 #define WG_TUN_USO  2
 void wg_dp_set_offloads(wg_dp *dp, int tun_vnet, int udp_gso, int udp_gro);
-/* Threads per loop, set before starting them: WG_THREADS_RTC (default) = one thread takes
- * each batch from read to send; WG_THREADS_PIPELINE = two stages per loop, I/O in on the
- * loop's thread, crypto and I/O out on a second thread, handing rings over (for comparison). */
-#define WG_THREADS_RTC      0
-#define WG_THREADS_PIPELINE 1
-void wg_dp_set_threads(wg_dp *dp, int mode);
 /* What the loops use now (udp_gso may have been turned off by a failed send): bit 0
  * tun_vnet, 1 udp_gso v4, 2 udp_gso v6, 3 udp_gro, 4 tun_uso. */
 int  wg_dp_offloads(wg_dp *dp);

@@ -94,7 +94,6 @@ struct wg_dp {
                                            | WG_TUN_USO: writes may be UDP GSO trains */
     int udp_gso4, udp_gso6;             /* UDP_SEGMENT works on that socket (until EIO) */
     int udp_gro;                        /* UDP_GRO is on: reads may hold many datagrams */
-    int threads;                        /* WG_THREADS_*: how each loop uses threads */
     int stop_fd;                        /* eventfd: readable once wg_dp_stop was called */
     uint32_t test_delay[3];             /* wg_dp_test_delay, usec by WG_DELAY_* */
     int stop;                           /* __atomic builtins */

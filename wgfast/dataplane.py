@@ -619,11 +619,6 @@ class DataPlane:
         tun = (lib.WG_TUN_VNET | (lib.WG_TUN_USO if tun_uso else 0)) if tun_vnet else 0
         lib.wg_dp_set_offloads(self._dp, tun, int(udp_gso), int(udp_gro))
 
-    def set_threads(self, pipeline: bool) -> None:
-        """Run-to-completion loops (default) or two-stage pipelines (before start())."""
-        lib.wg_dp_set_threads(self._dp, lib.WG_THREADS_PIPELINE if pipeline
-                              else lib.WG_THREADS_RTC)
-
     def test_delay(self, where: int, usec: int) -> None:
         """Tests: make the loops pause between two lock holds (WG_DELAY_*)."""
         lib.wg_dp_test_delay(self._dp, where, usec)
