@@ -89,7 +89,7 @@ wg_ring  *wg_ring_new(uint32_t nslots, uint32_t data_cap);
 void      wg_ring_free(wg_ring *r);
 uint8_t  *wg_ring_slot(const wg_ring *r, uint32_t i);   /* start of slot i (the header) */
 
-/* ---- AEAD backends (aead.c) ----------------------------------------------------------- */
+/* ---- AEAD backends (aead.c, aead_*.c) -------------------------------------------------- */
 #define WG_AEAD_SODIUM   0          /* libsodium exported by PyNaCl's nacl._sodium */
 #define WG_AEAD_OPENSSL  1          /* OpenSSL 3 libcrypto EVP chacha20-poly1305 */
 #define WG_AEAD_IPSECMB  2          /* Intel multi-buffer crypto (libIPSec_MB.so.1), if present */
@@ -201,7 +201,7 @@ int  wg_keypair_remove(wg_dp *dp, uint32_t local_index);   /* wipes the keys */
 int  wg_keypair_set_counter(wg_dp *dp, uint32_t local_index, uint64_t next_send); /* tests */
 int  wg_keypair_current(wg_dp *dp, uint32_t peer, uint32_t *local_index);  /* 0 = has one */
 
-/* Transport messages in place (aead.c over keypairs.c).
+/* Transport messages in place (transport.c over keypairs.c and aead.c).
  * seal: slot i holds len[i] bytes of plaintext at HEADROOM for peer[i]; it is padded to a
  *   multiple of 16 (never beyond the MTU), given the header and sealed under the peer's current
  *   keypair.  Afterwards len[i] is the whole message length, receiver[i]/counter[i] are set,
