@@ -26,6 +26,7 @@
  *      whole train in one write.
  */
 #include "io.h"
+#include "ip.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -57,28 +58,6 @@ struct rxbatch {
     uint8_t *outs[WG_MAX_BATCH];
     uint32_t outlens[WG_MAX_BATCH];
 };
-
-/* Length of the IP packet at p per its own header, or 0 if it is not one that fits in len. */
-static uint32_t inner_len(const uint8_t *p, uint32_t len, int *family, const uint8_t **src)
-{
-    if (len >= 20 && (p[0] >> 4) == 4) {
-        uint32_t tot = (uint32_t)p[2] << 8 | p[3];
-        if (tot < 20 || tot > len)
-            return 0;
-        *family = AF_INET;
-        *src = p + 12;
-        return tot;
-    }
-    if (len >= 40 && (p[0] >> 4) == 6) {
-        uint32_t tot = 40 + ((uint32_t)p[4] << 8 | p[5]);
-        if (tot > len)
-            return 0;
-        *family = AF_INET6;
-        *src = p + 8;
-        return tot;
-    }
-    return 0;
-}
 
 struct seen {
     uint32_t peer;
@@ -127,15 +106,14 @@ static void check_and_stamp(wg_dp *dp, wg_ring *r, uint32_t n, double now, uint3
         uint32_t msglen = r->len[i] + WG_MIN_DATA_LEN;
         int data = r->len[i] != 0;
         if (data) {
-            int fam;
-            const uint8_t *src = NULL;
+            struct wg_ip ip;
             uint8_t *p = wg_slot(r, i) + WG_HEADROOM;
-            uint32_t ilen = inner_len(p, r->len[i], &fam, &src);
+            uint32_t ilen = wg_ip_parse(p, r->len[i], &ip) ? wg_ip_len(&ip, r->len[i]) : 0;
             if (!ilen) {
                 r->status[i] = WG_DROP_BAD_INNER;
                 wg_drop(dp, WG_DROP_BAD_INNER, 1);
-            } else if (wg_aip_lookup_nolock(fam == AF_INET ? dp->aip4 : dp->aip6, fam, src) !=
-                       (int)peer) {
+            } else if (wg_aip_lookup_nolock(ip.family == AF_INET ? dp->aip4 : dp->aip6, ip.family,
+                                            ip.src) != (int)peer) {
                 r->status[i] = WG_DROP_ALLOWED_IPS;
                 wg_drop(dp, WG_DROP_ALLOWED_IPS, 1);
             } else {

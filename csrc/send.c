@@ -32,6 +32,7 @@
  * which takes the same path (steps 3-5) for one packet.
  */
 #include "io.h"
+#include "ip.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -95,47 +96,25 @@ static void forget_src(wg_dp *dp, uint32_t peer, const wg_addr *bad)
     pthread_rwlock_unlock(&dp->lock);
 }
 
-/* Destination address of an IP packet at p, or NULL when it is not a sane IPv4/IPv6 packet. */
-static const uint8_t *inner_dst(const uint8_t *p, uint32_t len, int *family)
-{
-    if (len >= 20 && (p[0] >> 4) == 4) {
-        *family = AF_INET;
-        return p + 16;
-    }
-    if (len >= 40 && (p[0] >> 4) == 6) {
-        *family = AF_INET6;
-        return p + 24;
-    }
-    return NULL;
-}
-
-/* Whether the IP packet p (family fam), which the allowed IPs give to a peer with endpoint
+/* Whether the IP packet p (header ip), which the allowed IPs give to a peer with endpoint
  * ep, is a UDP datagram from our own socket to that endpoint: one of our messages that the
  * route to the endpoint led back into the tunnel to the same peer.  Sealed again, it would come
  * back again, a little bigger, forever (the kernel drops these: the route leads to the device
  * itself).  Other peers' endpoints may lie behind a peer (onion routing): only a message to
  * this very peer is a loop.  Called under the configuration lock. */
-static int routed_into_itself(const wg_dp *dp, const uint8_t *p, uint32_t len, int fam,
-                              const wg_addr *ep)
+static int routed_into_itself(const wg_dp *dp, const uint8_t *p, uint32_t len,
+                              const struct wg_ip *ip, const wg_addr *ep)
 {
-    const uint8_t *udp, *dst;
-    if (ep->family != fam)
+    int fam = ip->family;
+    if (ep->family != fam || ip->proto != IPPROTO_UDP)
         return 0;
-    if (fam == AF_INET) {
-        uint32_t ihl = (p[0] & 15u) * 4;
-        /* UDP, and the first fragment (the one with the ports) */
-        if (p[9] != 17 || ihl < 20 || len < ihl + 8 || ((p[6] & 0x1f) | p[7]))
-            return 0;
-        udp = p + ihl;
-        dst = p + 16;
-    } else {
-        if (p[6] != 17 || len < 48)
-            return 0;
-        udp = p + 40;
-        dst = p + 24;
-    }
-    if (((uint32_t)udp[2] << 8 | udp[3]) != ep->port ||
-        memcmp(dst, ep->addr, fam == AF_INET ? 4 : 16))
+    /* IPv4: the first fragment (the one with the ports); IPv6: no extension headers. */
+    if (fam == AF_INET && (ip->hdr_len < WG_IPV4_HDR_LEN || (wg_ipv4_frag(p) & WG_IPV4_FRAG_OFF)))
+        return 0;
+    if (len < ip->hdr_len + WG_UDP_HDR_LEN)
+        return 0;
+    const uint8_t *udp = p + ip->hdr_len;
+    if (wg_be16(udp + 2) != ep->port || memcmp(ip->dst, ep->addr, wg_ip_addr_len(fam)))
         return 0;
     /* Rare from here on (traffic to the peer's own endpoint): ask the socket for its port. */
     struct sockaddr_storage ss;
@@ -145,7 +124,7 @@ static int routed_into_itself(const wg_dp *dp, const uint8_t *p, uint32_t len, i
         return 0;
     uint16_t own = fam == AF_INET ? ((struct sockaddr_in *)&ss)->sin_port
                                   : ((struct sockaddr_in6 *)&ss)->sin6_port;
-    return ntohs(own) == ((uint32_t)udp[0] << 8 | udp[1]);
+    return ntohs(own) == wg_be16(udp);
 }
 
 /* Send tb->msgs[0, nm) (built from ring r).  A message whose sticky source the kernel refuses
@@ -439,30 +418,31 @@ int wg_run_send(wg_dp *dp)
         pthread_rwlock_rdlock(&dp->lock);
         r->epoch = dp->id_epoch;
         for (uint32_t i = 0; i < n; i++) {
-            int fam;
+            struct wg_ip ip;
             const uint8_t *p = wg_slot(r, i) + WG_HEADROOM;
-            const uint8_t *dst = inner_dst(p, r->len[i], &fam);
+            int sane = wg_ip_parse(p, r->len[i], &ip);
             int peer = -1;
-            if (dst) {
-                size_t alen = fam == AF_INET ? 4 : 16;
-                if (fam == last_fam && !memcmp(dst, last_dst, alen)) {
+            if (sane) {
+                int fam = ip.family;
+                size_t alen = wg_ip_addr_len(fam);
+                if (fam == last_fam && !memcmp(ip.dst, last_dst, alen)) {
                     peer = last_peer;
                 } else {
-                    peer = wg_aip_lookup_nolock(fam == AF_INET ? dp->aip4 : dp->aip6, fam, dst);
+                    peer = wg_aip_lookup_nolock(fam == AF_INET ? dp->aip4 : dp->aip6, fam, ip.dst);
                     last_fam = fam;
                     last_peer = peer;
-                    memcpy(last_dst, dst, alen);
+                    memcpy(last_dst, ip.dst, alen);
                 }
             }
             if (peer < 0) {
-                wg_drop(dp, dst ? WG_DROP_NO_ROUTE : WG_DROP_BAD_INNER, 1);
+                wg_drop(dp, sane ? WG_DROP_NO_ROUTE : WG_DROP_BAD_INNER, 1);
                 continue;
             }
             if (r->len[i] > dp->mtu) {
                 wg_drop(dp, WG_DROP_TOO_BIG, 1);
                 continue;
             }
-            if (routed_into_itself(dp, p, r->len[i], fam, &dp->endpoints[peer])) {
+            if (routed_into_itself(dp, p, r->len[i], &ip, &dp->endpoints[peer])) {
                 wg_drop(dp, WG_DROP_LOOP, 1);
                 continue;
             }

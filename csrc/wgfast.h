@@ -337,7 +337,7 @@ void wg_dp_test_delay(wg_dp *dp, int where, uint32_t usec);
 int  wg_send_packet(wg_dp *dp, uint32_t peer, const uint8_t *pkt, uint32_t len, double now);
 double wg_now(void);                /* CLOCK_MONOTONIC seconds */
 
-/* ---- offloads (offload.c): TUN with IFF_VNET_HDR + TUNSETOFFLOAD ---------------------- */
+/* ---- offloads (gso.c, gro.c, csum.c): TUN with IFF_VNET_HDR + TUNSETOFFLOAD ------------ */
 /* Every TUN read and write then starts with a struct virtio_net_hdr (linux/virtio_net.h):
  * flags u8, gso_type u8, hdr_len le16, gso_size le16, csum_start le16, csum_offset le16. */
 #define WG_VNET_HDR_LEN        10

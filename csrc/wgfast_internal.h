@@ -173,5 +173,24 @@ static inline void wg_put_le64(uint8_t *p, uint64_t v)
 {
     wg_put_le32(p, (uint32_t)v); wg_put_le32(p + 4, (uint32_t)(v >> 32));
 }
+/* 16-bit little-endian: the virtio_net_hdr fields (offload); big-endian: IP, TCP and UDP. */
+static inline uint16_t wg_le16(const uint8_t *p) { return (uint16_t)(p[0] | p[1] << 8); }
+static inline void wg_put_le16(uint8_t *p, uint16_t v)
+{
+    p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8);
+}
+static inline uint16_t wg_be16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
+static inline uint32_t wg_be32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+static inline void wg_put_be16(uint8_t *p, uint16_t v)
+{
+    p[0] = (uint8_t)(v >> 8); p[1] = (uint8_t)v;
+}
+static inline void wg_put_be32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24); p[1] = (uint8_t)(v >> 16); p[2] = (uint8_t)(v >> 8); p[3] = (uint8_t)v;
+}
 
 #endif
