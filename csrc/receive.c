@@ -209,9 +209,14 @@ static void process(wg_dp *dp, wg_ring *r, uint32_t n, struct rxbatch *rb)
         uint32_t len = r->len[i];
         if (r->status[i] != WG_OK)
             continue;
-        if (len >= 4 && m[0] >= 1 && m[0] <= 3 && !m[1] && !m[2] && !m[3]) {
+        if (len >= 4 && m[0] >= WG_MSG_INITIATION && m[0] <= WG_MSG_COOKIE_REPLY &&
+            !m[1] && !m[2] && !m[3]) {
             /* Only a handshake message of its exact size is worth waking Python for. */
-            static const uint32_t size[4] = {0, 148, 92, 64};
+            static const uint32_t size[4] = {
+                [WG_MSG_INITIATION] = WG_INITIATION_LEN,
+                [WG_MSG_RESPONSE] = WG_RESPONSE_LEN,
+                [WG_MSG_COOKIE_REPLY] = WG_COOKIE_REPLY_LEN,
+            };
             if (len != size[m[0]]) {
                 r->status[i] = WG_DROP_SHORT;
                 wg_drop(dp, WG_DROP_SHORT, 1);

@@ -11,6 +11,16 @@
 
 #include "wgfast.h"
 
+/* Handshake messages (whitepaper 5.4): type byte and exact sizes; each of the first two
+ * ends in mac1 || mac2. */
+#define WG_MSG_INITIATION     1
+#define WG_MSG_RESPONSE       2
+#define WG_MSG_COOKIE_REPLY   3
+#define WG_INITIATION_LEN     148
+#define WG_RESPONSE_LEN       92
+#define WG_COOKIE_REPLY_LEN   64
+#define WG_MAC_LEN            16
+
 #define WG_REKEY_AFTER_TIME   120.0
 #define WG_REJECT_AFTER_TIME  180.0
 #define WG_KEEPALIVE_TIMEOUT  10.0
