@@ -1,4 +1,5 @@
-/* io.h -- what send.c and receive.c share: address conversion and the poll-for-work wait. */
+/* io.h -- what send.c and receive.c share: address conversion, the poll-for-work wait, and
+ * sending to UDP endpoints (socket.c). */
 #ifndef WGFAST_IO_H
 #define WGFAST_IO_H
 
@@ -30,5 +31,15 @@ int    wg_src_error(int err);
 int wg_wait_readable(wg_dp *dp, int fd);
 
 #define WG_IO_BATCH 64
+#define WG_SEND_BATCH 256           /* slots a send batch may fill */
+
+/* socket.c: sending sealed messages.  A wg_txbatch is the sendmmsg state for one batch. */
+struct wg_txbatch;
+struct wg_txbatch *wg_txbatch_new(void);
+void wg_txbatch_free(struct wg_txbatch *tb);
+/* Send the messages of slots [0, n) of r with status WG_OK to r->addr[i], from its sticky
+ * source; a slot without a socket of its family becomes WG_DROP_NO_ENDPOINT.  Messages the
+ * kernel refuses are counted drops (WG_DROP_IO). */
+void wg_udp_send(wg_dp *dp, wg_ring *r, uint32_t n, struct wg_txbatch *tb);
 
 #endif
