@@ -6,6 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+_Static_assert(WG_AF_INET == AF_INET && WG_AF_INET6 == AF_INET6,
+               "wg_addr.family holds the host's address families");
+
 socklen_t wg_addr_to_sockaddr(const wg_addr *a, struct sockaddr_storage *ss)
 {
     memset(ss, 0, sizeof(*ss));

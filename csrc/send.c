@@ -17,9 +17,9 @@
  *      most WG_MAX_STAGED per peer) and a handshake requested; Python flushes them
  *      (wg_stage_flush) once a session exists;
  *   4. one sendmmsg per address family (socket.c) sends every sealed message from the slot it
- *      was read into, from the endpoint's sticky source (an IP_PKTINFO / IPV6_PKTINFO cmsg: the local
- *      address the peer last reached us on; when the kernel refuses it, the source is
- *      forgotten and the message goes again as routing decides); with UDP GSO, runs of
+ *      was read into, from the endpoint's sticky source (an IP_PKTINFO / IPV6_PKTINFO cmsg:
+ *      the local address the peer last reached us on; when the kernel refuses it, the source
+ *      is forgotten and the message goes again as routing decides); with UDP GSO, runs of
  *      equal-sized messages to one endpoint go as one datagram train (UDP_SEGMENT) that the
  *      kernel splits as late as it can;
  *   5. the per-peer clocks and byte counters are stamped once per peer per batch.

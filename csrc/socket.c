@@ -115,7 +115,8 @@ static void send_all(wg_dp *dp, int fd, int *gso, wg_ring *r, struct wg_txbatch 
 
 /* Gather the sealed messages of one address family into tb and send them in one sendmmsg,
  * equal-sized runs to one endpoint as GSO trains when the socket takes them. */
-static void send_family(wg_dp *dp, wg_ring *r, uint32_t n, int family, int fd, struct wg_txbatch *tb)
+static void send_family(wg_dp *dp, wg_ring *r, uint32_t n, int family, int fd,
+                        struct wg_txbatch *tb)
 {
     int *gso = family == AF_INET ? &dp->udp_gso4 : &dp->udp_gso6;
     int use_gso = __atomic_load_n(gso, __ATOMIC_RELAXED);

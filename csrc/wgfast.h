@@ -49,12 +49,18 @@
 #define WG_REJECT_AFTER_MESSAGES  18446744073709543423ULL  /* 2^64 - 2^13 - 1 */
 
 /* ---- addresses: an outer UDP endpoint ------------------------------------------------ */
+/* Address families, as wg_addr.family and the allowed-IPs calls take them: Linux's AF_INET
+ * and AF_INET6 (checked in io.c), so Python may pass socket.AF_INET / AF_INET6. */
+#define WG_AF_NONE   0
+#define WG_AF_INET   2
+#define WG_AF_INET6  10
+
 /* The remote address and port, plus the local address it last reached us on ("sticky
  * source", as the kernel and wireguard-go keep): replies leave from src so a peer on a host
  * with several addresses sees them come from where it sent to.  src all zero = none: the
  * routing table picks.  src_ifindex is the interface it arrived on, used for IPv6 only. */
 typedef struct {
-    uint16_t family;        /* 0 = none, 2 = AF_INET, 10 = AF_INET6 */
+    uint16_t family;        /* WG_AF_NONE, WG_AF_INET or WG_AF_INET6 */
     uint16_t port;          /* host byte order */
     uint32_t scope_id;      /* IPv6 scope, else 0 */
     uint8_t  addr[16];      /* IPv4 in the first 4 bytes */
@@ -218,7 +224,8 @@ int  wg_aip_remove(wg_dp *dp, int family, const uint8_t *addr, uint8_t cidr);
 void wg_aip_remove_peer(wg_dp *dp, uint32_t peer);
 int  wg_aip_lookup(wg_dp *dp, int family, const uint8_t *addr);   /* peer id or -1 */
 /* Insert masks addr to cidr; an existing prefix moves to the new peer.  -EINVAL for a bad
- * family (2 or 10), cidr (> 32 / > 128) or peer; remove gives -ENOENT for an unknown prefix. */
+ * family (not WG_AF_INET / WG_AF_INET6), cidr (> 32 / > 128) or peer; remove gives -ENOENT
+ * for an unknown prefix. */
 /* n lookups under one read lock: addrs[i * stride ..] -> out[i] (peer id or -1). */
 void wg_aip_lookup_batch(wg_dp *dp, int family, const uint8_t *addrs, uint32_t stride,
                          uint32_t n, int32_t *out);
@@ -227,11 +234,13 @@ void wg_aip_lookup_batch(wg_dp *dp, int family, const uint8_t *addrs, uint32_t s
 int  wg_aip_list(wg_dp *dp, int family, uint32_t peer, uint8_t *addrs, uint8_t *cidrs,
                  uint32_t max);
 uint32_t wg_aip_nodes(wg_dp *dp, int family);   /* trie nodes allocated (tests: no leaks) */
-/* n inserts / removes under one write lock.  keys[i * 17 ..]: 16 address bytes (IPv4 in the
- * first 4) then the cidr; family[i] 2 or 10.  Insert: prev[i] = the prefix's owner before (-1
- * = new).  Remove (of peer[i]'s prefix only): prev[i] = the owner found (-1 = none; removed
- * only when it is peer[i]).  prev may be NULL.  Returns n, or -EINVAL naming nothing done
- * (every entry is checked first), or -ENOMEM after the first i entries. */
+/* n inserts / removes under one write lock.  keys[i * WG_AIP_KEY_LEN ..]: 16 address bytes
+ * (IPv4 in the first 4) then the cidr; family[i] WG_AF_INET or WG_AF_INET6.  Insert: prev[i]
+ * = the prefix's owner before (-1 = new).  Remove (of peer[i]'s prefix only): prev[i] = the
+ * owner found (-1 = none; removed only when it is peer[i]).  prev may be NULL.  Returns n,
+ * or -EINVAL naming nothing done (every entry is checked first), or -ENOMEM after the first
+ * i entries. */
+#define WG_AIP_KEY_LEN 17
 int  wg_aip_insert_many(wg_dp *dp, const uint8_t *family, const uint8_t *keys,
                         const uint32_t *peers, uint32_t n, int32_t *prev);
 int  wg_aip_remove_many(wg_dp *dp, const uint8_t *family, const uint8_t *keys,
