@@ -26,6 +26,7 @@ static void *zalloc(size_t n)
 }
 
 #define PEERS_INITIAL 64
+#define KEYPAIRS_INITIAL 16
 
 void wg_dp_retire(wg_dp *dp, void *p)
 {
@@ -131,7 +132,8 @@ wg_dp *wg_dp_new(uint32_t max_peers, uint32_t max_keypairs, uint32_t mtu)
     pthread_rwlock_init(&dp->lock, NULL);
 
     int ok = grow_peers(dp, max_peers < PEERS_INITIAL ? max_peers : PEERS_INITIAL) == 0;
-    ok = ok && wg_keypair_table_init(dp, max_keypairs < 16 ? max_keypairs : 16) == 0;
+    ok = ok && wg_keypair_table_init(dp, max_keypairs < KEYPAIRS_INITIAL ? max_keypairs
+                                                                        : KEYPAIRS_INITIAL) == 0;
 
     dp->aip4 = wg_aip_new();
     dp->aip6 = wg_aip_new();
@@ -385,8 +387,10 @@ void wg_dp_set_offloads(wg_dp *dp, int tun_vnet, int udp_gso, int udp_gro)
 
 int wg_dp_offloads(wg_dp *dp)
 {
-    return (dp->tun_vnet & WG_TUN_VNET ? 1 : 0) | (dp->udp_gso4 ? 2 : 0) |
-           (dp->udp_gso6 ? 4 : 0) | (dp->udp_gro ? 8 : 0) | (dp->tun_vnet & WG_TUN_USO ? 16 : 0);
+    return (dp->tun_vnet & WG_TUN_VNET ? WG_OFFLOAD_TUN_VNET : 0) |
+           (dp->udp_gso4 ? WG_OFFLOAD_UDP_GSO4 : 0) | (dp->udp_gso6 ? WG_OFFLOAD_UDP_GSO6 : 0) |
+           (dp->udp_gro ? WG_OFFLOAD_UDP_GRO : 0) |
+           (dp->tun_vnet & WG_TUN_USO ? WG_OFFLOAD_TUN_USO : 0);
 }
 
 void wg_dp_test_delay(wg_dp *dp, int where, uint32_t usec)

@@ -31,6 +31,8 @@ int    wg_src_error(int err);
 int wg_wait_readable(wg_dp *dp, int fd);
 
 #define WG_IO_BATCH 64
+#define WG_SLOT_MIN_MTU 1500        /* loop slots hold at least this much plaintext */
+#define WG_IO_FAILS_MAX 1000        /* failed reads in a row: the descriptor is gone */
 #define WG_SEND_BATCH 256           /* slots a send batch may fill */
 
 /* socket.c: sending sealed messages.  A wg_txbatch is the sendmmsg state for one batch. */

@@ -297,7 +297,7 @@ static struct rxbatch *new_rxbatch(int vnet)
 int wg_run_receive(wg_dp *dp, int udp_fd)
 {
     /* A slot takes the largest transport message the MTU allows, plus room to spot larger. */
-    uint32_t cap = (dp->mtu > 1500 ? dp->mtu : 1500) + 64;
+    uint32_t cap = (dp->mtu > WG_SLOT_MIN_MTU ? dp->mtu : WG_SLOT_MIN_MTU) + 64;
     uint32_t msg_cap = cap + WG_HEADROOM;   /* message = header + plaintext + tag */
     int gro = dp->udp_gro;
     uint32_t nslots = gro ? RECV_SLOTS : WG_IO_BATCH;
@@ -325,7 +325,7 @@ int wg_run_receive(wg_dp *dp, int udp_fd)
         int got = recvmmsg(udp_fd, rb->msgs, nbufs, MSG_DONTWAIT, NULL);
         more = got == (int)nbufs;
         if (got <= 0) {
-            if (got < 0 && errno != EAGAIN && errno != EINTR && ++fails > 1000)
+            if (got < 0 && errno != EAGAIN && errno != EINTR && ++fails > WG_IO_FAILS_MAX)
                 break;
             continue;
         }

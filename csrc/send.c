@@ -41,7 +41,8 @@
 
 #define SEND_SLOTS   WG_SEND_BATCH  /* slots a batch may fill */
 #define SEND_REFILL  128            /* with offloads: read again while this many are free */
-#define BIG_CAP      (65536 + 2 * WG_VNET_HDR_LEN)
+#define BIG_CAP      (65536 + 2 * WG_VNET_HDR_LEN)   /* one TUN read: a 64 KB super-packet */
+#define ONE_CAP      (65536 - WG_HEADROOM - WG_TAILROOM - 64)   /* wg_send_packet's slot */
 
 /* Whether the IP packet p (header ip), which the allowed IPs give to a peer with endpoint
  * ep, is a UDP datagram from our own socket to that endpoint: one of our messages that the
@@ -188,7 +189,7 @@ static uint32_t cut_vnet(wg_dp *dp, wg_ring *r, uint32_t n, const uint8_t *big,
 
 int wg_run_send(wg_dp *dp)
 {
-    uint32_t cap = dp->mtu > 1500 ? dp->mtu : 1500;
+    uint32_t cap = dp->mtu > WG_SLOT_MIN_MTU ? dp->mtu : WG_SLOT_MIN_MTU;
     struct wg_txbatch *tb = wg_txbatch_new();
     wg_ring *r = wg_ring_new(SEND_SLOTS, cap);
     uint8_t *big = malloc(BIG_CAP);
@@ -236,7 +237,7 @@ int wg_run_send(wg_dp *dp)
             r->status[n] = WG_OK;
             n++;
         }
-        if (err && ++fails > 1000)
+        if (err && ++fails > WG_IO_FAILS_MAX)
             break;      /* the TUN is gone */
         if (!err)
             fails = 0;
@@ -315,7 +316,7 @@ int wg_send_packet(wg_dp *dp, uint32_t peer, const uint8_t *pkt, uint32_t len, d
         return WG_DROP_NO_ROUTE;
     /* Allocated on first use, each retried until it exists: half a pair must not be used. */
     if (!r)
-        r = wg_ring_new(1, 65536 - WG_HEADROOM - WG_TAILROOM - 64);
+        r = wg_ring_new(1, ONE_CAP);
     if (!tb)
         tb = wg_txbatch_new();
     if (!r || !tb)

@@ -8,6 +8,10 @@
  *
  * Time: every `now` and every per-peer stamp is CLOCK_MONOTONIC in seconds (a double), the
  * same clock as Python's time.monotonic().  A stamp of 0 means "never".
+ *
+ * Longer than the ~400 lines the other files keep to, on purpose: it is the single C/Python
+ * contract, read from top to bottom once, in the order the data flows; what the C files share
+ * beyond it lives in wgfast_internal.h and the small headers beside each part.
  */
 
 /* ---- sizes --------------------------------------------------------------------------- */
@@ -288,10 +292,10 @@ uint32_t wg_stage_drop(wg_dp *dp, uint32_t peer);      /* give up: returns how m
 uint32_t wg_stage_count(wg_dp *dp, uint32_t peer);
 uint64_t wg_stage_total(wg_dp *dp);
 
-/* Handshake intake (handshake_in.c).  crypto_init loads keyed BLAKE2s (OpenSSL 3 EVP_MAC
- * "BLAKE2SMAC") and XChaCha20-Poly1305 (libsodium at sodium_path); returns WG_HS_* bits.
- * Without BLAKE2S every message is queued with WG_HS_UNVERIFIED in wg_event.receiver and
- * Python checks the MACs. */
+/* Handshake intake (handshake_in.c, cookie.c, ratelimiter.c).  crypto_init loads keyed
+ * BLAKE2s (OpenSSL 3 EVP_MAC "BLAKE2SMAC") and XChaCha20-Poly1305 (libsodium at sodium_path);
+ * returns WG_HS_* bits.  Without BLAKE2S every message is queued with WG_HS_UNVERIFIED in
+ * wg_event.receiver and Python checks the MACs. */
 #define WG_HS_BLAKE2S    1
 #define WG_HS_XCHACHA    2
 #define WG_HS_UNVERIFIED 1
@@ -332,8 +336,12 @@ void wg_dp_resume(wg_dp *dp);       /* after wg_dp_stop and the loops returned: 
 #define WG_TUN_VNET 1
 #define WG_TUN_USO  2
 void wg_dp_set_offloads(wg_dp *dp, int tun_vnet, int udp_gso, int udp_gro);
-/* What the loops use now (udp_gso may have been turned off by a failed send): bit 0
- * tun_vnet, 1 udp_gso v4, 2 udp_gso v6, 3 udp_gro, 4 tun_uso. */
+/* What the loops use now (udp_gso may have been turned off by a failed send): WG_OFFLOAD_*. */
+#define WG_OFFLOAD_TUN_VNET  1
+#define WG_OFFLOAD_UDP_GSO4  2
+#define WG_OFFLOAD_UDP_GSO6  4
+#define WG_OFFLOAD_UDP_GRO   8
+#define WG_OFFLOAD_TUN_USO   16
 int  wg_dp_offloads(wg_dp *dp);
 /* Tests: the loops sleep usec between the steps that hold the lock separately -- 1 = send,
  * after routing and before sealing; 2 = receive, after opening and before the allowed-IPs

@@ -45,7 +45,7 @@ struct wg_keypair {
     wg_replay replay;
 };
 
-struct wg_aip;                          /* allowedips.c */
+struct wg_aip;                          /* allowedips_trie.c */
 struct wg_aip *wg_aip_new(void);
 void wg_aip_free(struct wg_aip *t);
 /* Lookup without taking dp->lock: the data plane holds it for the batch. */

@@ -1,4 +1,10 @@
-"""The one module that imports wgfast._native: C data plane handles and zero-copy numpy views."""
+"""The one module that imports wgfast._native: C data plane handles and zero-copy numpy views.
+
+Longer than ~400 lines on purpose: it is the Python face of csrc/wgfast.h, one thin wrapper
+per C entry point in the contract's order (AEAD backends and their cross-check, the ring,
+endpoints, then the DataPlane handle), and keeping every ffi/lib use in one module is what
+lets the rest of the package stay free of cffi.
+"""
 
 from __future__ import annotations
 
@@ -85,7 +91,7 @@ def check_handshake_crypto() -> str | None:
         mac1_key, cookie_key = os.urandom(32), os.urandom(32)
         lib.wg_hs_set_keys(dp, mac1_key, cookie_key)
         msg = os.urandom(148)
-        src = ffi.new("wg_addr *", {"family": 2, "port": 51820})
+        src = ffi.new("wg_addr *", {"family": lib.WG_AF_INET, "port": 51820})
         reply = ffi.new("uint8_t[64]")
         if lib.wg_hs_cookie_reply(dp, msg, 148, src, 1.0, reply) != 0:
             return "C could not make a cookie reply"
@@ -480,14 +486,14 @@ class DataPlane:
 
     # allowed IPs
     def aip_insert(self, peer: int, network: object) -> None:
-        fam = 2 if network.version == 4 else 10
+        fam = lib.WG_AF_INET if network.version == 4 else lib.WG_AF_INET6
         r = lib.wg_aip_insert(self._dp, fam, network.network_address.packed, network.prefixlen,
                               peer)
         if r != 0:
             raise OSError(-r, f"wg_aip_insert failed ({r})")
 
     def aip_remove(self, network: object) -> None:
-        fam = 2 if network.version == 4 else 10
+        fam = lib.WG_AF_INET if network.version == 4 else lib.WG_AF_INET6
         lib.wg_aip_remove(self._dp, fam, network.network_address.packed, network.prefixlen)
 
     def aip_remove_peer(self, peer: int) -> None:
@@ -519,7 +525,7 @@ class DataPlane:
         return list(ffi.unpack(prev, n))
 
     def aip_lookup(self, address: object) -> int | None:
-        fam = 2 if address.version == 4 else 10
+        fam = lib.WG_AF_INET if address.version == 4 else lib.WG_AF_INET6
         r = lib.wg_aip_lookup(self._dp, fam, address.packed)
         return None if r < 0 else int(r)
 
@@ -625,9 +631,11 @@ class DataPlane:
 
     def offloads(self) -> dict[str, bool]:
         bits = lib.wg_dp_offloads(self._dp)
-        return {"tun_vnet": bool(bits & 1), "udp_gso4": bool(bits & 2),
-                "udp_gso6": bool(bits & 4), "udp_gro": bool(bits & 8),
-                "tun_uso": bool(bits & 16)}
+        return {"tun_vnet": bool(bits & lib.WG_OFFLOAD_TUN_VNET),
+                "udp_gso4": bool(bits & lib.WG_OFFLOAD_UDP_GSO4),
+                "udp_gso6": bool(bits & lib.WG_OFFLOAD_UDP_GSO6),
+                "udp_gro": bool(bits & lib.WG_OFFLOAD_UDP_GRO),
+                "tun_uso": bool(bits & lib.WG_OFFLOAD_TUN_USO)}
 
     def start(self, tun_fd: int, udp4_fd: int, udp6_fd: int) -> None:
         """Start the send thread and one receive thread per socket (-1 = no such socket)."""
