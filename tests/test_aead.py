@@ -1,4 +1,5 @@
-"""csrc/aead.c: AEAD backends, and the batch seal/open of transport messages in a ring."""
+"""csrc/aead.c and aead_*.c: AEAD backends; csrc/transport.c: the batch seal/open of transport
+messages in a ring."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""csrc/allowedips.c: the longest-prefix trie against a naive twin (a dict of prefixes)."""
+"""csrc/allowedips.c, allowedips_trie.c: the longest-prefix trie against a naive twin (a dict of
+prefixes)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""handshake_in.c: the intake of handshake messages in C, against its Python twins
-(wgfast/cookie.py, wgfast/ratelimiter.py) -- no I/O: messages are fed as the receive loop
-feeds them (wg_hs_receive) and popped as the device pops them."""
+"""handshake_in.c, cookie.c, ratelimiter.c: the intake of handshake messages in C, against its
+Python twins (wgfast/cookie.py, wgfast/ratelimiter.py) -- no I/O: messages are fed as the
+receive loop feeds them (wg_hs_receive) and popped as the device pops them."""
 
 from __future__ import annotations
 

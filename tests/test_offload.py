@@ -1,4 +1,4 @@
-"""TUN offloads (csrc/offload.c): TSO/USO segmentation and TCP GRO coalescing.
+"""TUN offloads (csrc/gso.c, gro.c, csum.c): TSO/USO segmentation and TCP GRO coalescing.
 
 Packets are built here with struct and checksummed with an independent Python RFC 1071
 implementation; header layouts are RFC 791 (IPv4), RFC 8200 (IPv6), RFC 9293 (TCP), RFC 768
