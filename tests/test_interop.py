@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import nacl.bindings
 import nacl.exceptions
 import pytest
-from conftest import require_impl
+from support import require_impl
 
 from wgfast.lab.netns import (
     INNER4,
@@ -48,13 +48,10 @@ PAIRS = [
     # Offloads forced off on one side: per-packet TUN and UDP I/O must interoperate too.
     ("wgfast-nooff", "wireguard-go"),
     ("wgfast", "wgfast-nooff"),
-    # Two-stage pipelines instead of run-to-completion threads (WGFAST_THREADS=pipeline).
-    ("wgfast-pipeline", "wireguard-go"),
 ]
 
 
-SHORT = {"wgfast": "wgfast", "wireguard-go": "wggo", "wgfast-nooff": "wgfastnooff",
-         "wgfast-pipeline": "wgfastpipe"}
+SHORT = {"wgfast": "wgfast", "wireguard-go": "wggo", "wgfast-nooff": "wgfastnooff"}
 
 
 @pytest.fixture(params=PAIRS, ids=[f"{SHORT[a]}-{SHORT[b]}" for a, b in PAIRS])

@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from conftest import NETNS_PREFIX, netns_unavailable, require_impl
+from support import NETNS_PREFIX, netns_unavailable, require_impl
 
 from wgfast.lab.netns import (
     INNER4,

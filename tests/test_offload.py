@@ -17,9 +17,9 @@ import subprocess
 from dataclasses import dataclass
 
 import pytest
-from conftest import inet_csum, inet_sum, needs_tun
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import inet_csum, inet_sum, needs_tun
 
 from wgfast.dataplane import ffi, lib
 from wgfast.lab.netns import inside

@@ -8,24 +8,22 @@ import os
 import time
 
 import pytest
-from test_dataplane import (  # noqa: F401  (plane_fixture provides `plane`)
+from support import (
+    ADDRS,
+    COOKIE_KEY,
     LOCAL,
     LOCAL_INDEX,
     OTHER_IP,
     PEER_IP,
+    Multi,
     Plane,
-    needs_root,
-    plane_fixture,
     seal,
     udp4,
     until,
     with_mac1,
 )
-from test_send import ADDRS, Multi, multi_fixture  # noqa: F401  (multi is a fixture)
 
 from wgfast.dataplane import lib
-
-pytestmark = needs_root
 
 
 def to_app(plane: Plane, payload: bytes, src: str = PEER_IP) -> bytes:
@@ -210,7 +208,6 @@ def test_under_load_the_receive_loop_answers_with_a_cookie(plane: Plane) -> None
     import hashlib
 
     import nacl.bindings as nb
-    from test_dataplane import COOKIE_KEY
 
     lib.wg_hs_force_load(plane.dp.handle, time.monotonic() + 60)
     init = with_mac1(bytes([1, 0, 0, 0]) + (0x4242).to_bytes(4, "little") + os.urandom(140))

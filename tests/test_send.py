@@ -11,25 +11,23 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
-from conftest import inet_csum, sh
-from test_dataplane import (  # noqa: F401  (plane is a fixture)
-    COOKIE_KEY,
+from support import (
+    ADDRS,
     LOCAL,
     LOCAL_INDEX,
-    MAC1_KEY,
     OTHER_IP,
     PEER_IP,
     REMOTE_INDEX,
     UNROUTED,
+    Multi,
     Plane,
+    inet_csum,
     needs_root,
     netns,
-    plane_fixture,
     seal,
+    sh,
     unseal,
     until,
 )
@@ -37,8 +35,6 @@ from test_dataplane import (  # noqa: F401  (plane is a fixture)
 from wgfast.dataplane import DataPlane, Sticky, lib
 from wgfast.lab.netns import inside
 from wgfast.tun import Tun
-
-pytestmark = needs_root
 
 
 def test_routed_packets_sealed_to_endpoint(plane: Plane) -> None:
@@ -178,91 +174,7 @@ def test_aging_keypair_still_sends_and_asks_for_rekey(plane: Plane) -> None:
 
 # ---- sticky source: replies leave from the local address the peer reached us on --------------
 
-IP_PKTINFO = 8
-# Local addresses on lo of a namespace of our own: two the peer may reach us on (A, B) and
-# the peer's own (R), each a /32 or /128 so routing's own choice towards R is R itself.
-ADDRS = {4: ("10.77.0.5", "10.77.0.6", "10.77.0.9"),
-         6: ("fd00:77::5", "fd00:77::6", "fd00:77::9")}
-
-
-@dataclass
-class Multi:
-    ns: str
-    dp: DataPlane
-    socks: dict[int, socket.socket]     # the data plane's, bound to the wildcard address
-    remote: dict[int, socket.socket]    # the peer's, on R
-    app: socket.socket
-    send_key: bytes
-    recv_key: bytes
-    lo_index: int
-
-    def port(self, fam: int) -> int:
-        return int(self.socks[fam].getsockname()[1])
-
-    def remote_ep(self, fam: int) -> tuple[str, int]:
-        return self.remote[fam].getsockname()[:2]
-
-    def recv(self, fam: int) -> tuple[bytes, str]:
-        """The next transport message at the peer and the address it came from."""
-        while True:
-            data, src = self.remote[fam].recvfrom(65536)
-            if data[:1] == b"\x04":
-                assert src[1] == self.port(fam)
-                return data, src[0]
-
-
-@pytest.fixture(name="multi")
-def multi_fixture() -> Iterator[Multi]:
-    ns = f"h6st{os.getpid()}"
-    sh("ip", "netns", "add", ns)
-    socks: list[socket.socket] = []
-    tun = None
-    dp = None
-    try:
-        sh("ip", "-n", ns, "link", "set", "lo", "up")
-        for fam, addrs in ADDRS.items():
-            for a in addrs:
-                sh("ip", "-n", ns, f"-{fam}", "addr", "add",
-                   f"{a}/{32 if fam == 4 else 128}", "dev", "lo",
-                   *(["nodad"] if fam == 6 else []))
-        with inside(ns):
-            tun = Tun("h6sttun0", mtu=1420, nonblocking=True, up=True)
-            s4, s6 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM), \
-                socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-            r4, r6 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM), \
-                socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-            app = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            lo_index = socket.if_nametoindex("lo")
-        socks = [s4, s6, r4, r6, app]
-        sh("ip", "-n", ns, "addr", "add", f"{LOCAL}/24", "dev", "h6sttun0")
-        s6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        s4.bind(("0.0.0.0", 0))
-        s6.bind(("::", 0))
-        s4.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
-        s6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
-        r4.bind((ADDRS[4][2], 0))
-        r6.bind((ADDRS[6][2], 0))
-        app.bind((LOCAL, 0))
-        for s in (r4, r6):
-            s.settimeout(5)
-        dp = DataPlane(max_peers=4, mtu=1420)
-        dp.set_handshake_keys(MAC1_KEY, COOKIE_KEY)      # handshake intake checks mac1 in C
-        send_key, recv_key = os.urandom(32), os.urandom(32)
-        dp.peer_add(0)
-        dp.aip_insert(0, ipaddress.ip_network(f"{PEER_IP}/32"))
-        dp.keypair_install(0, LOCAL_INDEX, REMOTE_INDEX, send_key, recv_key, time.monotonic(),
-                           initiator=True, current=True)
-        dp.set_offloads(False, True, False)         # UDP GSO trains carry the source too
-        dp.start(tun.fileno(), s4.fileno(), s6.fileno())
-        yield Multi(ns, dp, {4: s4, 6: s6}, {4: r4, 6: r6}, app, send_key, recv_key, lo_index)
-    finally:
-        if dp is not None:
-            dp.stop()
-        for s in socks:
-            s.close()
-        if tun is not None:
-            tun.close()
-        sh("ip", "netns", "del", ns, check=False)
+# ADDRS, Multi and the `multi` fixture: support.py and conftest.py.
 
 
 def _ifindex(m: Multi, fam: int) -> int:
