@@ -1,5 +1,5 @@
 """Fixtures shared by several test files: the namespace topologies of real daemons (`topo`),
-the data-plane benches (`plane` on a real TUN, `loop_plane` / `loop_plane6` on the TUN stand-in,
+the data-plane benches (`plane` on a real TUN, `loop_plane` / `loop_plane46` on the TUN stand-in,
 `loop_pair`) and `multi` (sticky sources).  Helpers live in support.py."""
 
 from __future__ import annotations
@@ -70,10 +70,10 @@ def loop_plane() -> Iterator[Plane]:
         yield p
 
 
-@pytest.fixture
-def loop_plane6() -> Iterator[Plane]:
-    """A DataPlane on the TUN stand-in, UDP on ::1 (no root)."""
-    with seqpacket_plane(socket.AF_INET6) as p:
+@pytest.fixture(params=[socket.AF_INET, socket.AF_INET6], ids=["udp4", "udp6"])
+def loop_plane46(request: pytest.FixtureRequest) -> Iterator[Plane]:
+    """loop_plane with UDP on 127.0.0.1, then on ::1 (no root)."""
+    with seqpacket_plane(request.param) as p:
         yield p
 
 

@@ -1,5 +1,7 @@
-"""send.c: packets the kernel routes into a real TUN come out of the data plane sealed on UDP to
-the peer's endpoint (opened here by PyNaCl), or are counted/staged when they cannot be sent."""
+"""send.c: packets routed into the TUN come out of the data plane sealed on UDP to the peer's
+endpoint (opened here by PyNaCl), or are counted/staged when they cannot be sent -- from a real
+TUN the kernel routes into (root), and from the TUN stand-in (no root, at the end).  One
+module's tests (send.c's), hence over ~400 lines."""
 
 from __future__ import annotations
 
@@ -16,9 +18,11 @@ import pytest
 from support import (
     ADDRS,
     LOCAL,
+    LOCAL6,
     LOCAL_INDEX,
     OTHER_IP,
     PEER_IP,
+    PEER_IP6,
     REMOTE_INDEX,
     UNROUTED,
     Multi,
@@ -28,6 +32,8 @@ from support import (
     netns,
     seal,
     sh,
+    udp4,
+    udp6,
     unseal,
     until,
 )
@@ -350,3 +356,52 @@ def test_own_message_routed_back_into_its_tunnel_is_a_loop(plane: Plane) -> None
         assert plane.drops(lib.WG_DROP_LOOP) == 1
     finally:
         ours.close()
+
+
+# ---- on the TUN stand-in (support.SeqpacketTun) with loopback UDP: no root --------------------
+
+def test_injected_packets_sealed_to_endpoint(loop_plane46: Plane) -> None:
+    """What is routed into the TUN leaves sealed to peer 0's endpoint: the inner packet whole,
+    zero-padded to 16, counters from 0 in order, under the peer's receiver index."""
+    p = loop_plane46
+    pkts = [udp4(LOCAL, 5000 + k, PEER_IP, 9, os.urandom(37 * k)) if k % 3 else
+            udp6(LOCAL6, 5000 + k, PEER_IP6, 9, os.urandom(11 * k)) for k in range(15)]
+    for pkt in pkts:
+        p.tun.inject(pkt)
+    got = [unseal(p.send_key, p.recv_remote()) for _ in pkts]
+    assert [(r, c) for r, c, _ in got] == [(REMOTE_INDEX, k) for k in range(len(pkts))]
+    for (_, _, pt), pkt in zip(got, pkts, strict=True):
+        assert len(pt) % 16 == 0 and pt[:len(pkt)] == pkt and not any(pt[len(pkt):])
+    assert p.dropped() == 0
+
+
+def test_unroutable_and_malformed_packets_are_counted(loop_plane: Plane) -> None:
+    """No owner of the destination: WG_DROP_NO_ROUTE; no IP header to route by (a bad version,
+    a truncated header): WG_DROP_BAD_INNER.  Nothing is sealed for them."""
+    p = loop_plane
+    p.tun.inject(udp4(LOCAL, 1, UNROUTED, 9, b"nobody's"))
+    p.tun.inject(udp6(LOCAL6, 1, "fd00:66::77", 9, b"nobody's either"))
+    assert until(lambda: p.drops(lib.WG_DROP_NO_ROUTE) == 2)
+    for bad in (b"\x70" + bytes(39), b"\x45\x00", b"\x60" + bytes(10)):
+        p.tun.inject(bad)
+    assert until(lambda: p.drops(lib.WG_DROP_BAD_INNER) == 3)
+    p.tun.inject(udp4(LOCAL, 1, PEER_IP, 9, b"routed"))
+    _, counter, pt = unseal(p.send_key, p.recv_remote())
+    assert counter == 0 and pt[28:34] == b"routed"
+
+
+def test_keyless_peer_stages_without_root(loop_plane: Plane) -> None:
+    """A packet for peer 1 (no keypair) stays in C and asks for a handshake; once a keypair
+    and an endpoint exist, a flush seals it."""
+    p = loop_plane
+    pkt = udp4(LOCAL, 1, OTHER_IP, 9, b"wait for me")
+    p.tun.inject(pkt)
+    assert until(lambda: p.dp.staged_count(1) == 1)
+    assert p.drops(lib.WG_DROP_NO_KEY) == 1
+    assert [e[1] for e in p.wait_events(lib.WG_EV_NEED_HANDSHAKE)] == [1]
+    p.dp.set_endpoint(1, p.remote.getsockname()[:2])
+    p.dp.keypair_install(1, 0x7001, 0x7002, p.send_key, p.recv_key, time.monotonic(),
+                         initiator=True, current=True)
+    assert p.dp.flush_staged(1, time.monotonic()) == 1
+    receiver, _, pt = unseal(p.send_key, p.recv_remote())
+    assert receiver == 0x7002 and pt[:len(pkt)] == pkt
