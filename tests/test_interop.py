@@ -4,6 +4,8 @@ Every test runs for each (initiator, responder) pair: wgfast<->wgfast, wgfast<->
 both directions, and wireguard-go<->wireguard-go, the baseline proving the harness itself.  The
 initiator `a` knows the responder's endpoint; `b` learns `a`'s from the handshake.
 A fresh topology per test: it costs about 0.1 s with wireguard-go, and tests stay independent.
+Over ~400 lines because it is one suite (the same pairs, fixtures and traffic helpers for every
+test); test_interop_kernel.py holds the kernel selftest's scenarios apart.
 """
 
 from __future__ import annotations
