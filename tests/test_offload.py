@@ -31,7 +31,7 @@ SRC6 = bytes.fromhex("fd000000000000000000000000000001")
 DST6 = bytes.fromhex("fd000000000000000000000000000002")
 
 
-# ---- an independent packet builder (checksums: conftest) ----------------------------------
+# ---- an independent packet builder (checksums: support) -----------------------------------
 
 def pseudo(src: bytes, dst: bytes, proto: int, length: int) -> bytes:
     if len(src) == 4:
