@@ -1,58 +1,50 @@
-"""Shared fixtures: root-only network-namespace topologies and the daemon implementations."""
+"""Fixtures shared by several test files: the namespace topologies of real daemons (`topo`),
+the data-plane benches (`plane` on a real TUN, `loop_plane` / `loop_plane46` on the TUN stand-in,
+`loop_pair`) and `multi` (sticky sources).  Helpers live in support.py."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
-import shutil
-import struct
-import subprocess
+import socket
+import time
 from collections.abc import Iterator
 
 import pytest
 from hypothesis import settings
-
-from wgfast.lab.netns import (
-    WGFAST,
-    WGFAST_NO_OFFLOADS,
-    WGFAST_PIPELINE,
-    WIREGUARD_GO,
-    Implementation,
-    Topology,
+from support import (
+    ADDRS,
+    COOKIE_KEY,
+    IP_PKTINFO,
+    LOCAL,
+    LOCAL_INDEX,
+    MAC1_KEY,
+    NETNS_PREFIX,
+    PEER_IP,
+    REMOTE_INDEX,
+    End,
+    Multi,
+    Plane,
+    loopback_pair,
+    netns_unavailable,
+    seqpacket_plane,
+    sh,
+    tun_plane,
+    tun_unavailable,
 )
+
+from wgfast.dataplane import DataPlane
+from wgfast.lab.netns import Topology, inside
+from wgfast.tun import Tun
 
 # CI machines are shared and 2-core: a slow example is load, not a bug, so no per-example deadline.
 settings.register_profile("wgfast", deadline=None)
 settings.load_profile("wgfast")
 
-# Every namespace/interface a test creates starts with this prefix (must be unique per runner).
-NETNS_PREFIX = os.environ.get("WGFAST_NETNS_PREFIX", "wgt")
 
-IMPLEMENTATIONS: dict[str, Implementation] = {
-    "wireguard-go": WIREGUARD_GO,
-    "wgfast": WGFAST,
-    "wgfast-nooff": WGFAST_NO_OFFLOADS,
-    "wgfast-pipeline": WGFAST_PIPELINE,
-}
-
-
-def netns_unavailable() -> str | None:
-    if os.geteuid() != 0:
-        return "network-namespace tests need root"
-    for tool in ("ip", "wg", "ping"):
-        if shutil.which(tool) is None:
-            return f"{tool!r} is not installed (see install.sh)"
-    if not os.path.exists("/dev/net/tun"):
-        return "/dev/net/tun is missing"
-    return None
-
-
-def require_impl(name: str) -> Implementation:
-    """The implementation, or skip the test with the reason it cannot run here."""
-    impl = IMPLEMENTATIONS[name]
-    reason = impl.unavailable_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    return impl
+def pytest_configure(config: pytest.Config) -> None:
+    # Also registered in pyproject.toml; here too so a checkout without it runs warning-free.
+    config.addinivalue_line("markers", "fuzz: a Hypothesis fuzzer of a parser (the ASan lane)")
 
 
 @pytest.fixture
@@ -64,30 +56,86 @@ def topo() -> Iterator[Topology]:
         yield t
 
 
-def needs_tun(*tools: str) -> pytest.MarkDecorator:
-    """Skip unless we are root with /dev/net/tun, iproute2 and the named tools."""
-    missing = [t for t in ("ip", *tools) if shutil.which(t) is None]
-    reason = ("needs root" if os.geteuid() != 0 else
-              "needs /dev/net/tun" if not os.path.exists("/dev/net/tun") else
-              f"needs {', '.join(missing)}" if missing else "")
-    return pytest.mark.skipif(bool(reason), reason=reason or "ok")
+@pytest.fixture(name="plane")
+def plane_fixture() -> Iterator[Plane]:
+    """A DataPlane on a real TUN in namespace h6dp (root)."""
+    with tun_plane("h6dp", "h6tun0") as p:
+        yield p
 
 
-def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(args), capture_output=True, text=True, timeout=20, check=check)
+@pytest.fixture
+def loop_plane() -> Iterator[Plane]:
+    """A DataPlane on the TUN stand-in, UDP on 127.0.0.1 (no root)."""
+    with seqpacket_plane(socket.AF_INET) as p:
+        yield p
 
 
-def inet_sum(data: bytes) -> int:
-    """RFC 1071 one's-complement sum, written independently of the C code it checks."""
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return s
+@pytest.fixture(params=[socket.AF_INET, socket.AF_INET6], ids=["udp4", "udp6"])
+def loop_plane46(request: pytest.FixtureRequest) -> Iterator[Plane]:
+    """loop_plane with UDP on 127.0.0.1, then on ::1 (no root)."""
+    with seqpacket_plane(request.param) as p:
+        yield p
 
 
-def inet_csum(data: bytes) -> int:
-    """The Internet checksum to store (0 when data already carries a valid one)."""
-    return ~inet_sum(data) & 0xFFFF
+@pytest.fixture(params=[socket.AF_INET, socket.AF_INET6], ids=["udp4", "udp6"])
+def loop_pair(request: pytest.FixtureRequest) -> Iterator[tuple[End, End]]:
+    """Two DataPlanes, each other's peer, over loopback UDP (no root)."""
+    with loopback_pair(request.param) as ends:
+        yield ends
 
+
+@pytest.fixture(name="multi")
+def multi_fixture() -> Iterator[Multi]:
+    """A DataPlane on a real TUN in a namespace whose lo has the ADDRS (root)."""
+    if tun_unavailable():
+        pytest.skip(tun_unavailable())
+    ns = f"h6st{os.getpid()}"
+    sh("ip", "netns", "add", ns)
+    socks: list[socket.socket] = []
+    tun = None
+    dp = None
+    try:
+        sh("ip", "-n", ns, "link", "set", "lo", "up")
+        for fam, addrs in ADDRS.items():
+            for a in addrs:
+                sh("ip", "-n", ns, f"-{fam}", "addr", "add",
+                   f"{a}/{32 if fam == 4 else 128}", "dev", "lo",
+                   *(["nodad"] if fam == 6 else []))
+        with inside(ns):
+            tun = Tun("h6sttun0", mtu=1420, nonblocking=True, up=True)
+            s4, s6 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM), \
+                socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+            r4, r6 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM), \
+                socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+            app = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            lo_index = socket.if_nametoindex("lo")
+        socks = [s4, s6, r4, r6, app]
+        sh("ip", "-n", ns, "addr", "add", f"{LOCAL}/24", "dev", "h6sttun0")
+        s6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        s4.bind(("0.0.0.0", 0))
+        s6.bind(("::", 0))
+        s4.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+        s6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+        r4.bind((ADDRS[4][2], 0))
+        r6.bind((ADDRS[6][2], 0))
+        app.bind((LOCAL, 0))
+        for s in (r4, r6):
+            s.settimeout(5)
+        dp = DataPlane(max_peers=4, mtu=1420)
+        dp.set_handshake_keys(MAC1_KEY, COOKIE_KEY)      # handshake intake checks mac1 in C
+        send_key, recv_key = os.urandom(32), os.urandom(32)
+        dp.peer_add(0)
+        dp.aip_insert(0, ipaddress.ip_network(f"{PEER_IP}/32"))
+        dp.keypair_install(0, LOCAL_INDEX, REMOTE_INDEX, send_key, recv_key, time.monotonic(),
+                           initiator=True, current=True)
+        dp.set_offloads(False, True, False)         # UDP GSO trains carry the source too
+        dp.start(tun.fileno(), s4.fileno(), s6.fileno())
+        yield Multi(ns, dp, {4: s4, 6: s6}, {4: r4, 6: r6}, app, send_key, recv_key, lo_index)
+    finally:
+        if dp is not None:
+            dp.stop()
+        for s in socks:
+            s.close()
+        if tun is not None:
+            tun.close()
+        sh("ip", "netns", "del", ns, check=False)

@@ -10,9 +10,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import NETNS_PREFIX, netns_unavailable, require_impl
+from support import NETNS_PREFIX, netns_unavailable, require_impl
 
-from wgfast.lab import benchreport
+from wgfast.lab import benchreport, measure, report
 from wgfast.lab.netns import iperf3_available
 
 
@@ -57,9 +57,9 @@ def test_quick_report(tmp_path: Path) -> None:
 
 
 def test_stats_and_format() -> None:
-    assert benchreport._stats([3.0, 1.0, 2.0]) == (1.0, 2.0, 3.0)
-    assert benchreport._fmt([1.0, 2.0, 3.0], "Gbit/s") == "2.00 (1.00–3.00)"
-    assert benchreport._fmt(None, "ms") == "–"
+    assert report._stats([3.0, 1.0, 2.0]) == (1.0, 2.0, 3.0)
+    assert report._fmt([1.0, 2.0, 3.0], "Gbit/s") == "2.00 (1.00–3.00)"
+    assert report._fmt(None, "ms") == "–"
 
 
 def test_udp_ladder_bisects_between_pass_and_fail() -> None:
@@ -72,7 +72,7 @@ def test_udp_ladder_bisects_between_pass_and_fail() -> None:
         return rate * 1.953, rate < 123     # "kpps received", "< 1 % lost"
 
     ladder = (50, 100, 140, 200)
-    best = benchreport.highest_passing(ladder, 3, trial)
+    best = measure.highest_passing(ladder, 3, trial)
     assert tried[:3] == [50, 100, 140] and 200 not in tried
     mids = tried[3:]
     assert len(mids) == 3 and all(100 < m < 140 for m in mids)
@@ -81,16 +81,16 @@ def test_udp_ladder_bisects_between_pass_and_fail() -> None:
     assert best == pytest.approx(max([100, *passed]) * 1.953)
     assert 100 * 1.953 < best < 123 * 1.953
     # nothing passes: 0; everything passes: the top of the ladder, no bisection
-    assert benchreport.highest_passing(ladder, 3, lambda r: (r, False)) == 0
+    assert measure.highest_passing(ladder, 3, lambda r: (r, False)) == 0
     tried.clear()
-    assert benchreport.highest_passing((1, 2), 3, lambda r: (tried.append(r) or r, True)) == 2
+    assert measure.highest_passing((1, 2), 3, lambda r: (tried.append(r) or r, True)) == 2
     assert tried == [1, 2]
 
 
 def test_ratios_to_other_daemons() -> None:
     """The report divides wgfast's medians by each other daemon's; its own variants and the
     raw link are not 'others'."""
-    r = benchreport.Results(benchreport.Settings())
+    r = measure.Results(measure.Settings())
     r.targets = [benchreport.RAW, "wgfast", "wgfast-nooff", "wireguard-go"]
     r.values = {
         benchreport.RAW: {"tcp1": [10.0]},
@@ -98,9 +98,9 @@ def test_ratios_to_other_daemons() -> None:
         "wgfast-nooff": {"tcp1": [2.0]},
         "wireguard-go": {"tcp1": [1.0, 0.5, 0.9], "udp64": [100.0], "cpu_per_gb": [16.0]},
     }
-    lines = benchreport._ratios_to_others(r)
+    lines = report._ratios_to_others(r)
     got = [ln for ln in lines if ln.startswith("- ")]
     assert got == ["- wgfast ÷ wireguard-go: tcp1 5.56×, udp64 3.00×, cpu_per_gb 0.12×"]
     r.values.pop("wireguard-go")
     r.targets.remove("wireguard-go")
-    assert benchreport._ratios_to_others(r) == []
+    assert report._ratios_to_others(r) == []

@@ -16,8 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import needs_tun, sh
-from test_dataplane import netns, until
+from support import needs_netns, needs_tun, netns, sh, until
 
 from wgfast import daemon
 from wgfast.lab.netns import (
@@ -320,6 +319,7 @@ def test_verbose_log_never_shows_keys(ns: str, iface: str) -> None:
             assert form not in log
 
 
+@needs_netns
 def test_unknown_aead_backend_is_refused(ns: str, iface: str) -> None:
     res = subprocess.run(["ip", "netns", "exec", ns, *DAEMON, "-f", iface], cwd=ROOT,
                          env=env(WGFAST_AEAD="rot13"), capture_output=True, text=True,
@@ -329,6 +329,7 @@ def test_unknown_aead_backend_is_refused(ns: str, iface: str) -> None:
     assert not sock_live(iface)
 
 
+@needs_netns
 def test_named_aead_backend_is_used(ns: str, iface: str) -> None:
     proc = start_foreground(ns, iface, WGFAST_AEAD="libsodium", LOG_LEVEL="verbose")
     proc.send_signal(signal.SIGTERM)

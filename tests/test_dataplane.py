@@ -1,184 +1,35 @@
 """wgfast.dataplane.DataPlane and dataplane.c: the native handles; peers, endpoints, byte
-counters, what C hands to Python (handshake queue, control flags) and stopping the I/O loops --
-with a real TUN and real UDP sockets in a namespace of our own, but without a Device.  The
-`plane` fixture here is shared by test_send.py and test_receive.py.
+counters, what C hands to Python (handshake queue, control flags) and stopping the I/O loops,
+without a Device: on a real TUN in a namespace of our own (root), and on the TUN stand-in
+(support.SeqpacketTun) with loopback UDP, where two DataPlanes carry traffic to each other
+(no root).  The fixtures are in conftest.py, the bench in support.py.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import ipaddress
 import os
-import select
-import socket
-import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
-import nacl.bindings as aead
 import pytest
-from conftest import inet_csum, needs_tun, sh
+from support import (
+    LOCAL,
+    LOCAL_INDEX,
+    PEER_IP,
+    REMOTE_INDEX,
+    End,
+    Plane,
+    needs_root,
+    seal,
+    udp4,
+    udp6,
+    unseal,
+    until,
+    with_mac1,
+)
 
 from wgfast.dataplane import ADDR_DTYPE, DataPlane, ffi, lib
-from wgfast.lab.netns import inside
-from wgfast.tun import Tun
-
-NS = "h6dp"
-TUN_NAME = "h6tun0"
-LOCAL = "10.66.0.1"           # the TUN's address (this host, inside the tunnel)
-PEER_IP = "10.66.0.2"         # the peer's allowed IP
-OTHER_IP = "10.66.0.4"        # peer 1's allowed IP (peer 1 has no keypair)
-UNROUTED = "10.66.0.3"        # in the TUN's subnet, owned by no peer
-LOCAL_INDEX, REMOTE_INDEX = 0x1111, 0x2222
-
-needs_root = needs_tun()
-
-# The plane's handshake keys (any 32 bytes do: C only needs them to agree with the sender).
-MAC1_KEY, COOKIE_KEY = os.urandom(32), os.urandom(32)
-
-
-def with_mac1(msg: bytes, key: bytes = MAC1_KEY) -> bytes:
-    """msg (an initiation or response) with a valid mac1 under key and a zero mac2."""
-    off = len(msg) - 32
-    m1 = hashlib.blake2s(msg[:off], key=key, digest_size=16).digest()
-    return msg[:off] + m1 + bytes(16)
-
-
-@contextlib.contextmanager
-def netns(name: str) -> Iterator[str]:
-    """A fresh namespace with lo up and IPv6 off (no router solicitations on the TUN)."""
-    sh("ip", "netns", "del", name, check=False)
-    sh("ip", "netns", "add", name)
-    try:
-        sh("ip", "-n", name, "link", "set", "lo", "up")
-        sh("ip", "netns", "exec", name, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
-           "net.ipv6.conf.default.disable_ipv6=1")
-        yield name
-    finally:
-        sh("ip", "netns", "del", name, check=False)
-
-
-def until(cond: Callable[[], object], timeout: float = 5.0) -> bool:
-    """Poll cond until it holds or the time is up (a bounded wait, not a timing assertion)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.01)
-    return bool(cond())
-
-
-def udp4(src: str, sport: int, dst: str, dport: int, payload: bytes) -> bytes:
-    """An IPv4/UDP packet (UDP checksum 0: allowed over IPv4)."""
-    udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
-    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0x1234, 0x4000, 64, 17, 0,
-                      ipaddress.IPv4Address(src).packed, ipaddress.IPv4Address(dst).packed)
-    hdr = hdr[:10] + struct.pack("!H", inet_csum(hdr)) + hdr[12:]
-    return hdr + udp
-
-
-def seal(key: bytes, receiver: int, counter: int, plaintext: bytes) -> bytes:
-    """A transport message built by PyNaCl (whitepaper 5.4.6), independent of the C code."""
-    padded = plaintext + bytes(-len(plaintext) % 16)
-    nonce = bytes(4) + counter.to_bytes(8, "little")
-    ct = aead.crypto_aead_chacha20poly1305_ietf_encrypt(padded, None, nonce, key)
-    return bytes([4, 0, 0, 0]) + receiver.to_bytes(4, "little") + counter.to_bytes(8, "little") + ct
-
-
-def unseal(key: bytes, msg: bytes) -> tuple[int, int, bytes]:
-    """(receiver, counter, padded plaintext) of a transport message, opened by PyNaCl."""
-    assert msg[:4] == bytes([4, 0, 0, 0])
-    receiver = int.from_bytes(msg[4:8], "little")
-    counter = int.from_bytes(msg[8:16], "little")
-    nonce = bytes(4) + msg[8:16]
-    return receiver, counter, aead.crypto_aead_chacha20poly1305_ietf_decrypt(msg[16:], None,
-                                                                              nonce, key)
-
-
-@dataclass
-class Plane:
-    """A DataPlane running on a TUN (10.66.0.1/24) and a UDP socket on 127.0.0.1, with a
-    "remote" UDP socket playing the peer (id 0, allowed IP 10.66.0.2/32) and an application
-    socket inside the tunnel on 10.66.0.1."""
-
-    ns: str
-    dp: DataPlane
-    tun: Tun
-    sock: socket.socket          # the data plane's
-    remote: socket.socket        # the peer's outer socket
-    app: socket.socket           # an application on this host, inside the tunnel
-    send_key: bytes              # the data plane seals with it (remote opens)
-    recv_key: bytes              # the remote seals with it (data plane opens)
-
-    @property
-    def addr(self) -> tuple[str, int]:
-        return self.sock.getsockname()
-
-    def udp_socket(self) -> socket.socket:
-        with inside(self.ns):
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.bind(("127.0.0.1", 0))
-        s.settimeout(5)
-        return s
-
-    def recv_remote(self) -> bytes:
-        """The next transport message the data plane sent to the remote."""
-        while True:
-            data = self.remote.recv(65536)
-            if data[:1] == b"\x04":
-                return data
-
-    def wait_events(self, etype: int, n: int = 1) -> list[tuple]:
-        got: list[tuple] = []
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            select.select([self.dp.eventfd()], [], [], 0.1)
-            got += [e for e in self.dp.pop_events() if e[0] == etype]
-            if len(got) >= n:
-                break
-        return got
-
-    def drops(self, reason: int) -> int:
-        return int(self.dp.drops[reason])
-
-
-@pytest.fixture(name="plane")
-def plane_fixture() -> Iterator[Plane]:
-    with netns(NS) as ns:
-        with inside(ns):
-            tun = Tun(TUN_NAME, mtu=1420, nonblocking=True, up=True)
-            socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
-        try:
-            sh("ip", "-n", ns, "addr", "add", f"{LOCAL}/24", "dev", TUN_NAME)
-            sock, remote, app = socks
-            sock.bind(("127.0.0.1", 0))
-            remote.bind(("127.0.0.1", 0))
-            app.bind((LOCAL, 0))
-            for s in (remote, app):
-                s.settimeout(5)
-            dp = DataPlane(max_peers=4, mtu=1420)
-            dp.set_handshake_keys(MAC1_KEY, COOKIE_KEY)
-            send_key, recv_key = os.urandom(32), os.urandom(32)
-            dp.peer_add(0)
-            dp.aip_insert(0, ipaddress.ip_network(f"{PEER_IP}/32"))
-            dp.keypair_install(0, LOCAL_INDEX, REMOTE_INDEX, send_key, recv_key,
-                               time.monotonic(), initiator=True, current=True)
-            dp.set_endpoint(0, remote.getsockname())
-            dp.peer_add(1)
-            dp.aip_insert(1, ipaddress.ip_network(f"{OTHER_IP}/32"))
-            dp.start(tun.fileno(), sock.fileno(), -1)
-            try:
-                yield Plane(ns, dp, tun, sock, remote, app, send_key, recv_key)
-            finally:
-                dp.stop()
-        finally:
-            for s in socks:
-                s.close()
-            tun.close()
-
 
 # ---- tests that need no I/O -----------------------------------------------------------------
 
@@ -331,10 +182,11 @@ def test_stop_ends_loops_and_resume_allows_new_ones(plane: Plane) -> None:
     lib.wg_dp_resume(dp.handle)
 
 
-def test_batch_and_event_counters(plane: Plane) -> None:
+def test_batch_and_event_counters(loop_plane: Plane) -> None:
     """wg_dp_batches counts each received datagram once, in whatever batches it came, and
     events_pending is the handshake queue Python has not popped yet (messages that passed
-    C's mac1 check)."""
+    C's mac1 check).  (On the TUN stand-in: only the UDP side is looked at.)"""
+    plane = loop_plane
     udp = plane.dp.batches[lib.WG_BATCH_UDP]
     before_sum, before_n = int(udp[lib.WG_BATCH_BUCKETS]), int(udp[:lib.WG_BATCH_BUCKETS].sum())
     plane.dp.pop_events()
@@ -350,6 +202,48 @@ def test_batch_and_event_counters(plane: Plane) -> None:
     batches = int(udp[:lib.WG_BATCH_BUCKETS].sum()) - before_n
     assert 1 <= batches <= 5
     assert len(plane.dp.pop_events()) == 5 and plane.dp.events_pending() == 0
+
+
+# ---- two DataPlanes over loopback UDP, each on a TUN stand-in (no root) ----------------------
+
+def test_loopback_round_trip(loop_pair: tuple[End, End]) -> None:
+    """Packets routed into a's TUN come out of b's byte for byte (send.c then receive.c:
+    allowed IPs, seal, UDP, open, replay check, inner source, TUN write), IPv4 and IPv6
+    inside, and the other way round; bytes and clocks are counted on both sides."""
+    a, b = loop_pair
+    sent = []
+    for k in range(24):
+        payload = os.urandom(1 + 53 * k)
+        pkt = (udp4(a.inner4, 1000 + k, b.inner4, 7, payload) if k % 2 else
+               udp6(a.inner6, 1000 + k, b.inner6, 7, payload))
+        sent.append(pkt)
+        a.tun.inject(pkt)
+    assert [b.tun.delivered() for _ in sent] == sent
+    back = udp6(b.inner6, 7, a.inner6, 1000, b"and back")
+    b.tun.inject(back)
+    assert a.tun.delivered() == back
+    for src, dst in ((a, b), (b, a)):
+        assert until(lambda s=src, d=dst: int(s.dp.tx_bytes[0]) == int(d.dp.rx_bytes[0]) > 0)
+        assert src.dp.clocks["last_data_sent"][0] > 0 and dst.dp.clocks["last_data_recv"][0] > 0
+    assert sum(int(x) for e in (a, b) for x in e.dp.drops) == 0
+
+
+def test_loopback_mtu_bound_and_keepalive(loop_pair: tuple[End, End]) -> None:
+    """A packet of exactly the MTU crosses, one byte more is WG_DROP_TOO_BIG at the sender;
+    a keepalive (send_packet of nothing) reaches b as authenticated traffic, not data."""
+    a, b = loop_pair
+    full = udp4(a.inner4, 9, b.inner4, 9, bytes(1420 - 28))
+    a.tun.inject(full)
+    assert b.tun.delivered() == full
+    a.tun.inject(udp4(a.inner4, 9, b.inner4, 9, bytes(1421 - 28)))
+    assert until(lambda: a.drops(lib.WG_DROP_TOO_BIG) == 1)
+    rx = int(b.dp.rx_bytes[0])
+    assert rx == len(full) + lib.WG_MIN_DATA_LEN      # padded no further than the MTU
+    data_recv = b.dp.clocks["last_data_recv"][0]
+    assert a.dp.send_packet(0, b"", time.monotonic()) == lib.WG_OK
+    assert until(lambda: int(b.dp.rx_bytes[0]) == rx + lib.WG_MIN_DATA_LEN)
+    assert b.dp.clocks["last_auth_recv"][0] > data_recv == b.dp.clocks["last_data_recv"][0]
+    assert b.tun.nothing_delivered()
 
 
 # ---- a peer id released while a batch holds it (issue 10.4c) ---------------------------------

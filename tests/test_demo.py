@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import NETNS_PREFIX, netns_unavailable, require_impl
+from support import NETNS_PREFIX, netns_unavailable, require_impl
 
 from wgfast.lab import cli, demo
 

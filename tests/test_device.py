@@ -17,9 +17,7 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 
 import pytest
-from conftest import needs_tun, sh
-from test_dataplane import netns, until
-from test_send import ADDRS, IP_PKTINFO, Multi, multi_fixture  # noqa: F401  (a fixture)
+from support import ADDRS, IP_PKTINFO, Multi, needs_tun, netns, sh, until
 
 from wgfast.dataplane import Sticky
 from wgfast.device import Device

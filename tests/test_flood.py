@@ -7,7 +7,7 @@ The waits are generous bounds, not latency assertions; the figures are in bench/
 from __future__ import annotations
 
 import pytest
-from conftest import require_impl
+from support import require_impl
 
 from wgfast.lab.flood import run_flood
 from wgfast.lab.netns import Topology

@@ -6,7 +6,8 @@ MTUs far above Ethernet's.
 
 Each test builds its own namespaces (wgfast.lab.netns.Topology) with real daemons.  `a` initiates
 (it knows `b`'s endpoint); where a scenario examines one device's behaviour, that device is `a`
-and is wgfast, and the far side is wgfast or wireguard-go.
+and is wgfast, and the far side is wgfast or wireguard-go.  Over ~400 lines because it is one
+suite: netns.sh's scenarios, one test each, sharing their topology helpers.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from conftest import NETNS_PREFIX, netns_unavailable, require_impl
+from support import NETNS_PREFIX, netns_unavailable, require_impl
 
 from wgfast.lab.netns import (
     INNER4,

@@ -10,8 +10,8 @@ import socket
 import urllib.request
 
 import pytest
-from conftest import require_impl
 from prometheus_client.parser import text_string_to_metric_families
+from support import needs_netns, require_impl
 
 from wgfast.dataplane import DROP_REASONS, lib
 from wgfast.lab.netns import (
@@ -196,6 +196,7 @@ def test_latency_histogram_buckets() -> None:
     assert h.sum == pytest.approx(3.105)
 
 
+@needs_netns
 def test_python_api_metrics_and_serve_metrics() -> None:
     """Device.metrics() and Device.serve_metrics() on in-process devices: the HTTP thread
     scrapes while the control loop runs in its own."""
@@ -225,7 +226,7 @@ def test_python_api_metrics_and_serve_metrics() -> None:
 
 
 def test_roaming_and_handshake_timeouts(tunnel, topo: Topology) -> None:
-    from test_dataplane import until
+    from support import until
 
     from wgfast.lab.netns import genkey, pubkey
 

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import NETNS_PREFIX, netns_unavailable, require_impl
+from support import NETNS_PREFIX, netns_unavailable, require_impl
 
 from wgfast.lab.netns import (
     INNER4,

@@ -17,9 +17,9 @@ import subprocess
 from dataclasses import dataclass
 
 import pytest
-from conftest import inet_csum, inet_sum, needs_tun
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import inet_csum, inet_sum, needs_tun
 
 from wgfast.dataplane import ffi, lib
 from wgfast.lab.netns import inside
@@ -31,7 +31,7 @@ SRC6 = bytes.fromhex("fd000000000000000000000000000001")
 DST6 = bytes.fromhex("fd000000000000000000000000000002")
 
 
-# ---- an independent packet builder (checksums: conftest) ----------------------------------
+# ---- an independent packet builder (checksums: support) -----------------------------------
 
 def pseudo(src: bytes, dst: bytes, proto: int, length: int) -> bytes:
     if len(src) == 4:

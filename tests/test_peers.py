@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import needs_tun
+from support import needs_tun
 
 from wgfast.dataplane import DataPlane, Ring, lib
 from wgfast.lab.netns import WGFAST, Topology, genkey, pubkey, start_wireguard

@@ -1,5 +1,7 @@
-"""send.c: packets the kernel routes into a real TUN come out of the data plane sealed on UDP to
-the peer's endpoint (opened here by PyNaCl), or are counted/staged when they cannot be sent."""
+"""send.c: packets routed into the TUN come out of the data plane sealed on UDP to the peer's
+endpoint (opened here by PyNaCl), or are counted/staged when they cannot be sent -- from a real
+TUN the kernel routes into (root), and from the TUN stand-in (no root, at the end).  One
+module's tests (send.c's), hence over ~400 lines."""
 
 from __future__ import annotations
 
@@ -11,25 +13,27 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
-from conftest import inet_csum, sh
-from test_dataplane import (  # noqa: F401  (plane is a fixture)
-    COOKIE_KEY,
+from support import (
+    ADDRS,
     LOCAL,
+    LOCAL6,
     LOCAL_INDEX,
-    MAC1_KEY,
     OTHER_IP,
     PEER_IP,
+    PEER_IP6,
     REMOTE_INDEX,
     UNROUTED,
+    Multi,
     Plane,
+    inet_csum,
     needs_root,
     netns,
-    plane_fixture,
     seal,
+    sh,
+    udp4,
+    udp6,
     unseal,
     until,
 )
@@ -37,8 +41,6 @@ from test_dataplane import (  # noqa: F401  (plane is a fixture)
 from wgfast.dataplane import DataPlane, Sticky, lib
 from wgfast.lab.netns import inside
 from wgfast.tun import Tun
-
-pytestmark = needs_root
 
 
 def test_routed_packets_sealed_to_endpoint(plane: Plane) -> None:
@@ -178,91 +180,7 @@ def test_aging_keypair_still_sends_and_asks_for_rekey(plane: Plane) -> None:
 
 # ---- sticky source: replies leave from the local address the peer reached us on --------------
 
-IP_PKTINFO = 8
-# Local addresses on lo of a namespace of our own: two the peer may reach us on (A, B) and
-# the peer's own (R), each a /32 or /128 so routing's own choice towards R is R itself.
-ADDRS = {4: ("10.77.0.5", "10.77.0.6", "10.77.0.9"),
-         6: ("fd00:77::5", "fd00:77::6", "fd00:77::9")}
-
-
-@dataclass
-class Multi:
-    ns: str
-    dp: DataPlane
-    socks: dict[int, socket.socket]     # the data plane's, bound to the wildcard address
-    remote: dict[int, socket.socket]    # the peer's, on R
-    app: socket.socket
-    send_key: bytes
-    recv_key: bytes
-    lo_index: int
-
-    def port(self, fam: int) -> int:
-        return int(self.socks[fam].getsockname()[1])
-
-    def remote_ep(self, fam: int) -> tuple[str, int]:
-        return self.remote[fam].getsockname()[:2]
-
-    def recv(self, fam: int) -> tuple[bytes, str]:
-        """The next transport message at the peer and the address it came from."""
-        while True:
-            data, src = self.remote[fam].recvfrom(65536)
-            if data[:1] == b"\x04":
-                assert src[1] == self.port(fam)
-                return data, src[0]
-
-
-@pytest.fixture(name="multi")
-def multi_fixture() -> Iterator[Multi]:
-    ns = f"h6st{os.getpid()}"
-    sh("ip", "netns", "add", ns)
-    socks: list[socket.socket] = []
-    tun = None
-    dp = None
-    try:
-        sh("ip", "-n", ns, "link", "set", "lo", "up")
-        for fam, addrs in ADDRS.items():
-            for a in addrs:
-                sh("ip", "-n", ns, f"-{fam}", "addr", "add",
-                   f"{a}/{32 if fam == 4 else 128}", "dev", "lo",
-                   *(["nodad"] if fam == 6 else []))
-        with inside(ns):
-            tun = Tun("h6sttun0", mtu=1420, nonblocking=True, up=True)
-            s4, s6 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM), \
-                socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-            r4, r6 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM), \
-                socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-            app = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            lo_index = socket.if_nametoindex("lo")
-        socks = [s4, s6, r4, r6, app]
-        sh("ip", "-n", ns, "addr", "add", f"{LOCAL}/24", "dev", "h6sttun0")
-        s6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        s4.bind(("0.0.0.0", 0))
-        s6.bind(("::", 0))
-        s4.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
-        s6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
-        r4.bind((ADDRS[4][2], 0))
-        r6.bind((ADDRS[6][2], 0))
-        app.bind((LOCAL, 0))
-        for s in (r4, r6):
-            s.settimeout(5)
-        dp = DataPlane(max_peers=4, mtu=1420)
-        dp.set_handshake_keys(MAC1_KEY, COOKIE_KEY)      # handshake intake checks mac1 in C
-        send_key, recv_key = os.urandom(32), os.urandom(32)
-        dp.peer_add(0)
-        dp.aip_insert(0, ipaddress.ip_network(f"{PEER_IP}/32"))
-        dp.keypair_install(0, LOCAL_INDEX, REMOTE_INDEX, send_key, recv_key, time.monotonic(),
-                           initiator=True, current=True)
-        dp.set_offloads(False, True, False)         # UDP GSO trains carry the source too
-        dp.start(tun.fileno(), s4.fileno(), s6.fileno())
-        yield Multi(ns, dp, {4: s4, 6: s6}, {4: r4, 6: r6}, app, send_key, recv_key, lo_index)
-    finally:
-        if dp is not None:
-            dp.stop()
-        for s in socks:
-            s.close()
-        if tun is not None:
-            tun.close()
-        sh("ip", "netns", "del", ns, check=False)
+# ADDRS, Multi and the `multi` fixture: support.py and conftest.py.
 
 
 def _ifindex(m: Multi, fam: int) -> int:
@@ -438,3 +356,52 @@ def test_own_message_routed_back_into_its_tunnel_is_a_loop(plane: Plane) -> None
         assert plane.drops(lib.WG_DROP_LOOP) == 1
     finally:
         ours.close()
+
+
+# ---- on the TUN stand-in (support.SeqpacketTun) with loopback UDP: no root --------------------
+
+def test_injected_packets_sealed_to_endpoint(loop_plane46: Plane) -> None:
+    """What is routed into the TUN leaves sealed to peer 0's endpoint: the inner packet whole,
+    zero-padded to 16, counters from 0 in order, under the peer's receiver index."""
+    p = loop_plane46
+    pkts = [udp4(LOCAL, 5000 + k, PEER_IP, 9, os.urandom(37 * k)) if k % 3 else
+            udp6(LOCAL6, 5000 + k, PEER_IP6, 9, os.urandom(11 * k)) for k in range(15)]
+    for pkt in pkts:
+        p.tun.inject(pkt)
+    got = [unseal(p.send_key, p.recv_remote()) for _ in pkts]
+    assert [(r, c) for r, c, _ in got] == [(REMOTE_INDEX, k) for k in range(len(pkts))]
+    for (_, _, pt), pkt in zip(got, pkts, strict=True):
+        assert len(pt) % 16 == 0 and pt[:len(pkt)] == pkt and not any(pt[len(pkt):])
+    assert p.dropped() == 0
+
+
+def test_unroutable_and_malformed_packets_are_counted(loop_plane: Plane) -> None:
+    """No owner of the destination: WG_DROP_NO_ROUTE; no IP header to route by (a bad version,
+    a truncated header): WG_DROP_BAD_INNER.  Nothing is sealed for them."""
+    p = loop_plane
+    p.tun.inject(udp4(LOCAL, 1, UNROUTED, 9, b"nobody's"))
+    p.tun.inject(udp6(LOCAL6, 1, "fd00:66::77", 9, b"nobody's either"))
+    assert until(lambda: p.drops(lib.WG_DROP_NO_ROUTE) == 2)
+    for bad in (b"\x70" + bytes(39), b"\x45\x00", b"\x60" + bytes(10)):
+        p.tun.inject(bad)
+    assert until(lambda: p.drops(lib.WG_DROP_BAD_INNER) == 3)
+    p.tun.inject(udp4(LOCAL, 1, PEER_IP, 9, b"routed"))
+    _, counter, pt = unseal(p.send_key, p.recv_remote())
+    assert counter == 0 and pt[28:34] == b"routed"
+
+
+def test_keyless_peer_stages_without_root(loop_plane: Plane) -> None:
+    """A packet for peer 1 (no keypair) stays in C and asks for a handshake; once a keypair
+    and an endpoint exist, a flush seals it."""
+    p = loop_plane
+    pkt = udp4(LOCAL, 1, OTHER_IP, 9, b"wait for me")
+    p.tun.inject(pkt)
+    assert until(lambda: p.dp.staged_count(1) == 1)
+    assert p.drops(lib.WG_DROP_NO_KEY) == 1
+    assert [e[1] for e in p.wait_events(lib.WG_EV_NEED_HANDSHAKE)] == [1]
+    p.dp.set_endpoint(1, p.remote.getsockname()[:2])
+    p.dp.keypair_install(1, 0x7001, 0x7002, p.send_key, p.recv_key, time.monotonic(),
+                         initiator=True, current=True)
+    assert p.dp.flush_staged(1, time.monotonic()) == 1
+    receiver, _, pt = unseal(p.send_key, p.recv_remote())
+    assert receiver == 0x7002 and pt[:len(pkt)] == pkt

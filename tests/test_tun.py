@@ -11,7 +11,7 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
-from conftest import inet_csum, needs_tun, sh
+from support import inet_csum, needs_tun, sh
 
 from wgfast.lab.netns import inside
 from wgfast.tun import Tun, TunError, TunGone, link_events
