@@ -249,6 +249,7 @@ def run_random(dp: object, seed: int, steps: int, probes_every: int) -> None:
     assert lib.wg_aip_nodes(dp, 2) == lib.wg_aip_nodes(dp, 10) == 0
 
 
+@pytest.mark.fuzz
 @settings(max_examples=60)
 @given(seed=st.integers(0, 2**32 - 1), steps=st.integers(1, 150))
 def test_hypothesis_against_naive(seed: int, steps: int) -> None:
@@ -263,6 +264,7 @@ def test_large_random_run(dp: object) -> None:
     run_random(dp, 12345, 5000, 250)
 
 
+@pytest.mark.fuzz
 @settings(max_examples=100)
 @given(ops=st.lists(st.tuples(st.booleans(), st.integers(0, 255), st.integers(0, 8),
                               st.integers(0, 3)), max_size=40),

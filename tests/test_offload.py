@@ -313,6 +313,7 @@ def test_segment_errors() -> None:
     assert segment(csum_past_end) == -lib.WG_OFF_ERR_HEADER
 
 
+@pytest.mark.fuzz
 @settings(max_examples=3000)
 @given(st.binary(min_size=0, max_size=400), st.integers(0, 9), st.integers(0, 0xFFFF))
 def test_segment_fuzz_never_crashes(blob: bytes, mode: int, word: int) -> None:
@@ -560,6 +561,7 @@ def test_udp_and_tcp_of_the_same_ports_stay_apart() -> None:
     assert len(writes) == 3
 
 
+@pytest.mark.fuzz
 @settings(max_examples=200)
 @given(st.lists(st.tuples(st.integers(1, 9000), st.sampled_from([536, 1000, 1380, 1440]),
                           st.booleans()), min_size=1, max_size=4),
@@ -596,6 +598,7 @@ def test_coalesce_interleaved_round_trip(flows: list[tuple[int, int, bool]],
     assert per_flow(back) == per_flow(mixed)
 
 
+@pytest.mark.fuzz
 @settings(max_examples=500)
 @given(st.lists(st.binary(min_size=0, max_size=200), min_size=0, max_size=20),
        st.integers(0, 3))
@@ -783,6 +786,7 @@ def segment_from(buf: bytes, chunks: list[int], cap: int = 2048) -> tuple[list[b
             return got, int(nseg[0])
 
 
+@pytest.mark.fuzz
 @settings(max_examples=40)
 @given(st.integers(1, 60000), st.integers(88, 1400), st.booleans(), st.sampled_from([6, 17]),
        st.lists(st.integers(1, 300), min_size=1, max_size=5))
@@ -856,6 +860,7 @@ def ext_super_packet(payload: bytes, mss: int, kinds: list[tuple[int, int]],
     return hdr + ip + exts + l4, l4off, final
 
 
+@pytest.mark.fuzz
 @settings(max_examples=40)
 @given(st.lists(st.sampled_from([(DSTOPTS, 0), (ROUTING, 0), (ROUTING, 1)]), max_size=3),
        st.booleans(), st.integers(1, 20000), st.integers(88, 1300), st.sampled_from([6, 17]))

@@ -14,6 +14,7 @@ import socket
 import struct
 import subprocess
 import tempfile
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -201,6 +202,6 @@ def test_wg_quick_drop_in_names_wgfast() -> None:
 
 
 def test_daemon_unit_names_the_daemon_it_ships() -> None:
-    # The entry point the unit runs exists under that name.
-    setup = (ROOT / "setup.py").read_text()
-    assert '"wgfast-daemon=wgfast.daemon:main"' in setup
+    # The entry point the unit runs exists under that name (pyproject.toml's [project.scripts]).
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["wgfast-daemon"] == "wgfast.daemon:main"

@@ -8,6 +8,12 @@ Three layers:
 
 No I/O and no clock: every time comes in as an argument.  Failures raise HandshakeError (a
 MessageError), nothing else.
+
+Longer than the ~400 lines a file gets here, on purpose: it is one protocol concept, the Noise
+handshake, told once in the whitepaper's order -- the primitives and initial chaining key
+(§5.4), the first message (§5.4.2), the second (§5.4.3), the transport keys (§5.4.5) -- so each
+step can be read against the spec top to bottom.  Splitting the primitives or the messages off
+would spread one derivation across files.
 """
 
 from __future__ import annotations
@@ -337,7 +343,7 @@ def initial_state(responder_pub: bytes) -> SymmetricState:
 @dataclass
 class StaticIdentity:
     """The local interface's static key pair and the keys derived from its public key."""
-    private: bytearray
+    private: bytes | bytearray   # taken as either, kept as a bytearray (so it can be wiped)
     public: bytes = b""
     mac1_key: bytes = b""      # HASH("mac1----" || public): peers MAC their messages to us
     cookie_key: bytes = b""    # HASH("cookie--" || public): we encrypt cookie replies with it
