@@ -109,6 +109,9 @@ class _Lib:
     WG_DROP_NREASONS: Final[int]
     WG_REKEY_AFTER_MESSAGES: Final[int]
     WG_REJECT_AFTER_MESSAGES: Final[int]
+    WG_AF_NONE: Final[int]
+    WG_AF_INET: Final[int]
+    WG_AF_INET6: Final[int]
     WG_AEAD_SODIUM: Final[int]
     WG_AEAD_OPENSSL: Final[int]
     WG_AEAD_IPSECMB: Final[int]
@@ -121,6 +124,7 @@ class _Lib:
     WG_BATCH_UDP: Final[int]
     WG_BATCH_BUCKETS: Final[int]
     WG_BATCH_STRIDE: Final[int]
+    WG_AIP_KEY_LEN: Final[int]
     WG_EV_HANDSHAKE: Final[int]
     WG_EV_NEED_HANDSHAKE: Final[int]
     WG_EV_CONFIRMED: Final[int]
@@ -132,8 +136,11 @@ class _Lib:
     WG_HS_UNVERIFIED: Final[int]
     WG_TUN_VNET: Final[int]
     WG_TUN_USO: Final[int]
-    WG_THREADS_RTC: Final[int]
-    WG_THREADS_PIPELINE: Final[int]
+    WG_OFFLOAD_TUN_VNET: Final[int]
+    WG_OFFLOAD_UDP_GSO4: Final[int]
+    WG_OFFLOAD_UDP_GSO6: Final[int]
+    WG_OFFLOAD_UDP_GRO: Final[int]
+    WG_OFFLOAD_TUN_USO: Final[int]
     WG_DELAY_SEND_ROUTED: Final[int]
     WG_DELAY_RECV_OPENED: Final[int]
     WG_VNET_HDR_LEN: Final[int]
@@ -417,7 +424,6 @@ class _Lib:
         udp_gro: int,
         /,
     ) -> None: ...
-    def wg_dp_set_threads(self, dp: _Pointer, mode: int, /) -> None: ...
     def wg_dp_offloads(self, dp: _Pointer, /) -> int: ...
     def wg_dp_test_delay(self, dp: _Pointer, where: int, usec: int, /) -> None: ...
     def wg_send_packet(
