@@ -1,10 +1,10 @@
 """mac1/mac2, cookie replies and the under-load decision (whitepaper §5.4.4, §5.4.7).
 
 Responder side: `CookieChecker` (one per interface) checks mac1 always and mac2 under load,
-and makes cookie replies.  The device does these per-packet decisions in C
-(csrc/handshake_in.c); the checker is its Python twin, which computes the keys the device
-installs into C, serves the tests' cross-checks, and takes over only when libcrypto has no
-BLAKE2SMAC.  Initiator side: `CookieState` (one per peer) adds mac1/mac2 to the messages we
+and makes cookie replies.  The device does these per-packet decisions in C (csrc/cookie.c,
+called by csrc/handshake_in.c); the checker is its Python twin, which computes the keys the
+device installs into C, serves the tests' cross-checks, and takes over only when libcrypto has
+no BLAKE2SMAC.  Initiator side: `CookieState` (one per peer) adds mac1/mac2 to the messages we
 send and takes in cookie replies.  No I/O, no clock.
 """
 

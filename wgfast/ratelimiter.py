@@ -1,6 +1,6 @@
 """Per-source token bucket for handshake messages, shaped like the kernel's ratelimiter.
 
-The device applies it in C (csrc/handshake_in.c, the same rules in integer nanoseconds); this
+The device applies it in C (csrc/ratelimiter.c, the same rules in integer nanoseconds); this
 is the Python twin that C is tested against, and the limiter when C has no BLAKE2SMAC.
 
 20 packets per second per source with a burst of 5; a source is an IPv4 address or an IPv6
