@@ -14,14 +14,11 @@ import socket
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
-from types import SimpleNamespace
 
 import pytest
 from conftest import needs_tun, sh
 from test_dataplane import netns, until
-from test_send import ADDRS, IP_PKTINFO, Multi, multi_fixture  # noqa: F401  (a fixture)
 
-from wgfast.dataplane import Sticky
 from wgfast.device import Device
 from wgfast.lab.netns import inside
 from wgfast.noise import StaticIdentity
@@ -38,9 +35,9 @@ def link_exists(ns: str, name: str) -> bool:
 
 
 @contextlib.contextmanager
-def device_in(ns: str, name: str, pipeline: bool = False) -> Iterator[Device]:
+def device_in(ns: str, name: str) -> Iterator[Device]:
     """A started Device whose TUN, sockets and threads live in namespace ns."""
-    dev = Device(name, pipeline=pipeline)
+    dev = Device(name)
     try:
         with inside(ns):
             dev.open()
@@ -77,7 +74,7 @@ def two() -> Iterator[tuple[Side, Side]]:
 
 
 @contextlib.contextmanager
-def pair(pipeline: bool = False) -> Iterator[tuple[Side, Side]]:
+def pair() -> Iterator[tuple[Side, Side]]:
     tag = secrets.token_hex(2)
     with netns(f"h6a{tag}") as na, netns(f"h6b{tag}") as nb:
         sh("ip", "link", "add", f"h6va{tag}", "netns", na, "type", "veth", "peer", "name",
@@ -85,8 +82,7 @@ def pair(pipeline: bool = False) -> Iterator[tuple[Side, Side]]:
         for ns, veth, addr in ((na, f"h6va{tag}", UNDER[0]), (nb, f"h6vb{tag}", UNDER[1])):
             sh("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", veth)
             sh("ip", "-n", ns, "link", "set", veth, "up")
-        with device_in(na, f"h6wa{tag}", pipeline) as da, \
-                device_in(nb, f"h6wb{tag}", pipeline) as db:
+        with device_in(na, f"h6wa{tag}") as da, device_in(nb, f"h6wb{tag}") as db:
             sides = []
             for ns, dev, addr in ((na, da, INNER[0]), (nb, db, INNER[1])):
                 me = StaticIdentity.generate()
@@ -252,29 +248,12 @@ def test_udp_train_crosses_as_one_tun_write(two: tuple[Side, Side]) -> None:
     udp_train(*two)
 
 
-def test_pipeline_threads_carry_traffic() -> None:
-    """WGFAST_THREADS=pipeline: the same traffic through two-stage loops, and a data plane
-    restart (MTU raised past the rings) and close with their second threads running."""
-    with pair(pipeline=True) as (a, b):
-        assert a.dev.pipeline and b.dev.pipeline
-        udp_train(a, b)
-        for side in (a, b):
-            sh("ip", "-n", side.ns, "link", "set", side.dev.name, "mtu", "4000")
-        assert until(lambda: a.dev.mtu == 4000 and b.dev.mtu == 4000)
-        r = subprocess.run(["ip", "netns", "exec", a.ns, "ping", "-c", "2", "-i", "0.2", "-W",
-                            "3", "-s", "3800", INNER[1]], capture_output=True, text=True,
-                           timeout=30)
-        assert r.returncode == 0, r.stdout + r.stderr
-        udp_train(a, b, peers=False)
-
-
-def udp_train(a: Side, b: Side, peers: bool = True) -> None:
+def udp_train(a: Side, b: Side) -> None:
     from wgfast.device import TUN_TXQUEUELEN
 
-    if peers:
-        a.dev.add_peer(b.me.public, endpoint=f"{UNDER[1]}:{b.dev.listen_port}",
-                       allowed_ips=[f"{INNER[1]}/32"])
-        b.dev.add_peer(a.me.public, allowed_ips=[f"{INNER[0]}/32"])
+    a.dev.add_peer(b.me.public, endpoint=f"{UNDER[1]}:{b.dev.listen_port}",
+                   allowed_ips=[f"{INNER[1]}/32"])
+    b.dev.add_peer(a.me.public, allowed_ips=[f"{INNER[0]}/32"])
     assert ping(a.ns, INNER[1]).returncode == 0
     assert sh("ip", "-n", a.ns, "-j", "link", "show", "dev", a.dev.name).stdout.count(
         f'"txqlen":{TUN_TXQUEUELEN}') == 1
@@ -296,53 +275,6 @@ def udp_train(a: Side, b: Side, peers: bool = True) -> None:
     if a.dev.tun_uso and b.dev.tun_uso:
         assert b.dev.dp is not None and b.dev.dp.offloads()["tun_uso"]
         assert writes < 40, "the datagrams were written to the TUN one by one"
-
-
-def test_threads_mode_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    from wgfast.device import DeviceError, pipeline_default
-
-    monkeypatch.delenv("WGFAST_THREADS", raising=False)
-    assert pipeline_default() is False
-    monkeypatch.setenv("WGFAST_THREADS", "Pipeline")
-    assert pipeline_default() is True
-    monkeypatch.setenv("WGFAST_THREADS", "fast")
-    with pytest.raises(DeviceError, match="WGFAST_THREADS"):
-        pipeline_default()
-
-
-# ---- sticky source of the control plane's handshake sends ------------------------------------
-
-@pytest.mark.parametrize("fam", [4, 6])
-def test_handshake_sends_leave_from_the_sticky_source(multi: Multi, fam: int) -> None:
-    """_sendto answers from the local address a handshake reached (Sticky.src), and falls
-    back to routing's choice once that address is gone."""
-    dev = SimpleNamespace(sock4=multi.socks[4], sock6=multi.socks[6])
-    a, b, r = ADDRS[fam]
-    idx = multi.lo_index if fam == 6 else 0
-    remote = multi.remote[fam]
-    for src, want in ((a, a), (b, b), (None, r)):
-        ep = Sticky(*multi.remote_ep(fam), src=(src, idx) if src else None)
-        assert Device._sendto(dev, b"\x02hello", ep)        # type: ignore[arg-type]
-        data, frm = remote.recvfrom(100)
-        assert (data, frm[0], frm[1]) == (b"\x02hello", want, multi.port(fam))
-    sh("ip", "-n", multi.ns, f"-{fam}", "addr", "del", f"{a}/{32 if fam == 4 else 128}",
-       "dev", "lo")
-    assert Device._sendto(dev, b"\x02again", Sticky(*multi.remote_ep(fam), src=(a, idx)))  # type: ignore[arg-type]
-    data, frm = remote.recvfrom(100)
-    assert (data, frm[0]) == (b"\x02again", r)
-
-
-def test_sockets_ask_for_the_local_address(multi: Multi) -> None:
-    dev = SimpleNamespace(offloads=False, _tune=Device._tune)
-    with inside(multi.ns):
-        s4, s6, port = Device._open_sockets(dev, 0, 0)     # type: ignore[arg-type]
-    try:
-        assert s4 is not None and s6 is not None and port > 0
-        assert s4.getsockopt(socket.IPPROTO_IP, IP_PKTINFO) == 1
-        assert s6.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO) == 1
-    finally:
-        s4.close()
-        s6.close()
 
 
 def test_handshake_queue_drained_in_slices_uapi_not_starved(one: Side) -> None:

@@ -33,13 +33,11 @@ from wgfast.uapi import (
     PeerSnapshot,
     SetRequest,
     UapiError,
-    UapiHandler,
-    UapiServer,
-    UapiSocketInUse,
     format_get,
     parse_allowed_ip,
     parse_set,
 )
+from wgfast.uapi_server import UapiHandler, UapiServer, UapiSocketInUse
 
 IFACE = "h3wg0"
 WG_SOCK = f"/var/run/wireguard/{IFACE}.sock"
