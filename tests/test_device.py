@@ -11,20 +11,22 @@ import ipaddress
 import os
 import secrets
 import socket
+import struct
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from conftest import needs_tun, sh
+from conftest import inet_csum, needs_tun, sh
 from test_dataplane import netns, until
 
 from wgfast.device import Device
 from wgfast.lab.netns import inside
 from wgfast.noise import StaticIdentity
+from wgfast.tun import SocketTun
 from wgfast.uapi import UapiError
 
-pytestmark = needs_tun("ping")
+root = needs_tun("ping")       # the tests in namespaces of their own; those on loopback need none
 
 UNDER = ("10.66.1.1", "10.66.1.2")      # veth
 INNER = ("10.66.2.1", "10.66.2.2")      # tunnel
@@ -98,6 +100,7 @@ def ping(ns: str, addr: str, count: int = 3) -> subprocess.CompletedProcess[str]
                            "-W", "3", addr], capture_output=True, text=True, timeout=30)
 
 
+@root
 def test_two_devices_ping_stats_rekey_and_close(two: tuple[Side, Side]) -> None:
     a, b = two
     a.dev.add_peer(b.me.public, endpoint=f"{UNDER[1]}:{b.dev.listen_port}",
@@ -139,6 +142,7 @@ def test_two_devices_ping_stats_rekey_and_close(two: tuple[Side, Side]) -> None:
     a.dev.close()                                   # idempotent
 
 
+@root
 def test_set_is_all_or_nothing(one: Side) -> None:
     dev = one.dev
     peer = StaticIdentity.generate().public
@@ -166,6 +170,7 @@ def test_set_is_all_or_nothing(one: Side) -> None:
     assert dev.uapi_get().listen_port == port == dev.listen_port
 
 
+@root
 def test_allowed_ip_moves_between_peers(one: Side) -> None:
     dev = one.dev
     p1, p2 = StaticIdentity.generate().public, StaticIdentity.generate().public
@@ -181,6 +186,7 @@ def test_allowed_ip_moves_between_peers(one: Side) -> None:
     assert dev.dp.aip_lookup(ipaddress.ip_address("10.10.0.1")) == dev.peers[p1].peer_id
 
 
+@root
 def test_replace_peers_update_only_and_own_key(one: Side) -> None:
     dev = one.dev
     p1, p2, p3 = (StaticIdentity.generate().public for _ in range(3))
@@ -209,6 +215,7 @@ def test_replace_peers_update_only_and_own_key(one: Side) -> None:
     assert dev.stats() == [] and dev.dp.active[pid] == 0
 
 
+@root
 def test_interface_deleted_stops_the_device(one: Side) -> None:
     path = one.dev._uapi.path if one.dev._uapi else None
     assert path is not None and os.path.exists(path)
@@ -216,6 +223,7 @@ def test_interface_deleted_stops_the_device(one: Side) -> None:
     assert until(lambda: not os.path.exists(path), 10)
 
 
+@root
 def test_mtu_follows_the_interface(two: tuple[Side, Side]) -> None:
     """`ip link set mtu` is picked up by housekeeping: lower takes effect in place, higher
     than the rings were sized for restarts the data plane with larger ones."""
@@ -241,6 +249,7 @@ def _rx_packets(ns: str, dev: str) -> int:
                .split('"rx":{')[1].split('"packets":')[1].split(",")[0])
 
 
+@root
 def test_udp_train_crosses_as_one_tun_write(two: tuple[Side, Side]) -> None:
     """A UDP GSO send of 40 datagrams reaches the far socket as 40 intact datagrams; with USO
     on the TUNs it is read as one super-packet, crosses as one GSO train and is written to the
@@ -277,6 +286,7 @@ def udp_train(a: Side, b: Side) -> None:
         assert writes < 40, "the datagrams were written to the TUN one by one"
 
 
+@root
 def test_handshake_queue_drained_in_slices_uapi_not_starved(one: Side) -> None:
     """About a thousand handshake messages that pass C's intake (valid mac1 and, once the
     queue puts the device under load, a valid mac2 from cookies C made) are queued at once.
@@ -324,6 +334,7 @@ def moved(one: Side) -> Iterator[tuple[Side, str]]:
         yield one, there
 
 
+@root
 def test_moved_interface_is_followed(moved: tuple[Side, str]) -> None:
     """After `ip link set netns`: the device keeps running and follows MTU and up/down in
     the namespace the interface is in now; deleted there, it stops."""
@@ -345,6 +356,7 @@ def test_moved_interface_is_followed(moved: tuple[Side, str]) -> None:
     assert until(lambda: not os.path.exists(path), 10)
 
 
+@root
 def test_namespace_deleted_under_moved_interface_stops_the_device(
         moved: tuple[Side, str]) -> None:
     """`ip netns del` of the namespace it moved to deletes the interface (the kernel does, as
@@ -371,6 +383,7 @@ def uapi_raw(path: str, request: bytes) -> bytes:
     return out
 
 
+@root
 def test_allowed_ip_minus_prefix_removes_one(two: tuple[Side, Side]) -> None:
     """`allowed_ip=-PREFIX` (wireguard-go 2025; older `wg set` cannot send it, so the line
     goes to the socket as is): that prefix leaves `wg show allowed-ips` and the data plane,
@@ -410,3 +423,126 @@ def test_allowed_ip_minus_prefix_removes_one(two: tuple[Side, Side]) -> None:
     assert uapi_raw(path, f"set=1\npublic_key={b.me.public.hex()}\n"
                           f"allowed_ip={INNER[1]}/32\n\n".encode()) == b"errno=0\n\n"
     assert ping(a.ns, INNER[1], 1).returncode == 0
+
+
+# ---- without root: devices on SocketTuns, joined over loopback UDP ---------------------------
+
+LOOP_INNER = ("10.67.0.1", "10.67.0.2")
+
+
+@dataclass
+class LoopSide:
+    dev: Device
+    tun: SocketTun
+    me: StaticIdentity
+    uapi: str
+
+
+def inner_udp(src: str, dst: str, payload: bytes) -> bytes:
+    """An IPv4/UDP packet as the host would route it into the tunnel (UDP checksum 0)."""
+    udp = struct.pack("!HHHH", 40000, 7, 8 + len(payload), 0) + payload
+    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, socket.IPPROTO_UDP,
+                      0, socket.inet_aton(src), socket.inet_aton(dst))
+    return hdr[:10] + struct.pack("!H", inet_csum(hdr)) + hdr[12:] + udp
+
+
+@contextlib.contextmanager
+def loop_device(tmp: str, name: str) -> Iterator[LoopSide]:
+    tun = SocketTun(name)
+    path = os.path.join(tmp, f"{name}.sock")
+    dev = Device(name, tun=tun, listen=("127.0.0.1", "::1"), uapi_path=path)
+    try:
+        dev.start()
+        me = StaticIdentity.generate()
+        dev.configure(private_key=me.private)
+        yield LoopSide(dev, tun, me, path)
+    finally:
+        dev.close()
+
+
+@pytest.fixture
+def loop_pair(tmp_path: object) -> Iterator[tuple[LoopSide, LoopSide]]:
+    with loop_device(str(tmp_path), "lpa") as a, loop_device(str(tmp_path), "lpb") as b:
+        yield a, b
+
+
+def join(a: LoopSide, b: LoopSide, keepalive: int | None = None) -> None:
+    a.dev.add_peer(b.me.public, endpoint=f"127.0.0.1:{b.dev.listen_port}",
+                   allowed_ips=[f"{LOOP_INNER[1]}/32"], persistent_keepalive=keepalive)
+    b.dev.add_peer(a.me.public, allowed_ips=[f"{LOOP_INNER[0]}/32"])     # learns a's endpoint
+
+
+def test_loopback_devices_handshake_and_carry_packets_both_ways(
+        loop_pair: tuple[LoopSide, LoopSide]) -> None:
+    """The first packet waits (staged in C) for a real handshake over loopback UDP, then
+    crosses; the answer crosses back on the session; both sides count the handshake."""
+    a, b = loop_pair
+    assert a.dev.tun_uso is False and a.dev.udp_gro is False     # a SocketTun: no offloads
+    join(a, b)
+    out = [inner_udp(LOOP_INNER[0], LOOP_INNER[1], bytes([k]) * (100 + k)) for k in range(5)]
+    for p in out:
+        a.tun.send(p)
+    assert [b.tun.recv() for _ in out] == out
+    back = inner_udp(LOOP_INNER[1], LOOP_INNER[0], b"answer")
+    b.tun.send(back)
+    assert a.tun.recv() == back
+    [sa], [sb] = a.dev.stats(), b.dev.stats()
+    assert sa.last_handshake is not None and sb.last_handshake is not None
+    assert sa.tx_bytes > 0 and sa.rx_bytes > 0
+    assert sb.endpoint is not None and sb.endpoint == ("127.0.0.1", a.dev.listen_port)
+    # An inner source outside the sender's allowed IPs is dropped at the receiver.
+    before = b.dev.drops()["allowed_ips"]
+    b.tun.send(inner_udp("10.67.0.99", LOOP_INNER[0], b"spoofed"))
+    assert until(lambda: a.dev.drops()["allowed_ips"] > 0)
+    assert b.dev.drops()["allowed_ips"] == before
+
+
+def test_loopback_persistent_keepalive(loop_pair: tuple[LoopSide, LoopSide]) -> None:
+    """persistent_keepalive=1: a handshake at once, then a keepalive (an empty transport
+    message, 32 bytes) about every second with no traffic; none reaches the far TUN."""
+    a, b = loop_pair
+    join(a, b, keepalive=1)
+    assert until(lambda: b.dev.stats()[0].last_handshake is not None, 10)
+    rx0 = b.dev.stats()[0].rx_bytes
+    assert until(lambda: b.dev.stats()[0].rx_bytes >= rx0 + 2 * 32, 10)
+    b.tun.peer.settimeout(0.2)
+    with pytest.raises(TimeoutError):
+        b.tun.peer.recv(2048)
+
+
+def test_loopback_uapi_get_set_round_trip(loop_pair: tuple[LoopSide, LoopSide]) -> None:
+    """The UAPI socket at a path of our choosing: a set, then a get that reports it (and the
+    handshake it led to), as wireguard-go's protocol has it."""
+    a, b = loop_pair
+    b.dev.add_peer(a.me.public, allowed_ips=[f"{LOOP_INNER[0]}/32"])
+    reply = uapi_raw(a.uapi, f"set=1\npublic_key={b.me.public.hex()}\n"
+                             f"endpoint=127.0.0.1:{b.dev.listen_port}\n"
+                             "persistent_keepalive_interval=1\n"
+                             f"allowed_ip={LOOP_INNER[1]}/32\nallowed_ip=10.67.5.0/24\n\n"
+                     .encode())
+    assert reply == b"errno=0\n\n"
+    assert until(lambda: b.dev.stats()[0].last_handshake is not None, 10)
+    got = uapi_raw(a.uapi, b"get=1\n\n").decode()
+    lines = got.splitlines()
+    assert lines[0] == f"private_key={a.me.private.hex()}"
+    assert f"listen_port={a.dev.listen_port}" in lines
+    assert lines[lines.index(f"public_key={b.me.public.hex()}") + 3] == \
+        f"endpoint=127.0.0.1:{b.dev.listen_port}"
+    assert "persistent_keepalive_interval=1" in lines
+    assert [ln for ln in lines if ln.startswith("allowed_ip=")] == [
+        f"allowed_ip={LOOP_INNER[1]}/32", "allowed_ip=10.67.5.0/24"]
+    assert not any(ln == "last_handshake_time_sec=0" for ln in lines)
+    assert got.endswith("errno=0\n\n")
+    assert uapi_raw(a.uapi, b"set=1\nlisten_port=99999\n\n") == b"errno=-22\n\n"
+
+
+def test_loopback_mtu_follows_the_stand_in(tmp_path: object) -> None:
+    """The link-following path on a SocketTun: its MTU is followed (rings regrow past the
+    first size), and close() releases the UAPI socket."""
+    with loop_device(str(tmp_path), "lpm") as a:
+        a.tun.mtu = 1300
+        assert until(lambda: a.dev.mtu == 1300, 5)
+        a.tun.mtu = 4000
+        assert until(lambda: a.dev.mtu == 4000, 5)
+        assert a.dev.link_up and os.path.exists(a.uapi)
+    assert not os.path.exists(a.uapi)
