@@ -320,6 +320,7 @@ def test_verbose_log_never_shows_keys(ns: str, iface: str) -> None:
             assert form not in log
 
 
+@needs_root
 def test_unknown_aead_backend_is_refused(ns: str, iface: str) -> None:
     res = subprocess.run(["ip", "netns", "exec", ns, *DAEMON, "-f", iface], cwd=ROOT,
                          env=env(WGFAST_AEAD="rot13"), capture_output=True, text=True,
@@ -329,6 +330,7 @@ def test_unknown_aead_backend_is_refused(ns: str, iface: str) -> None:
     assert not sock_live(iface)
 
 
+@needs_root
 def test_named_aead_backend_is_used(ns: str, iface: str) -> None:
     proc = start_foreground(ns, iface, WGFAST_AEAD="libsodium", LOG_LEVEL="verbose")
     proc.send_signal(signal.SIGTERM)

@@ -20,6 +20,7 @@ import pytest
 from conftest import inet_csum, needs_tun, sh
 from test_dataplane import netns, until
 
+from wgfast import udp
 from wgfast.device import Device
 from wgfast.lab.netns import inside
 from wgfast.noise import StaticIdentity
@@ -274,7 +275,7 @@ def udp_train(a: Side, b: Side) -> None:
     with rx, tx:
         rx.bind((INNER[1], 7777))
         rx.settimeout(5)
-        tx.setsockopt(socket.SOL_UDP, 103, 64)          # UDP_SEGMENT: 64-byte datagrams
+        tx.setsockopt(udp.SOL_UDP, udp.UDP_SEGMENT, 64)    # 64-byte datagrams
         before = _rx_packets(b.ns, b.dev.name)
         tx.sendto(payload[:64 * 40], (INNER[1], 7777))
         got = [rx.recv(2048) for _ in range(40)]

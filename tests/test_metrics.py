@@ -10,7 +10,7 @@ import socket
 import urllib.request
 
 import pytest
-from conftest import require_impl
+from conftest import needs_tun, require_impl
 from prometheus_client.parser import text_string_to_metric_families
 
 from wgfast.dataplane import DROP_REASONS, lib
@@ -196,6 +196,7 @@ def test_latency_histogram_buckets() -> None:
     assert h.sum == pytest.approx(3.105)
 
 
+@needs_tun("ping")
 def test_python_api_metrics_and_serve_metrics() -> None:
     """Device.metrics() and Device.serve_metrics() on in-process devices: the HTTP thread
     scrapes while the control loop runs in its own."""

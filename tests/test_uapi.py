@@ -25,11 +25,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nacl.public import PrivateKey
 
+from wgfast.endpoint import Endpoint
 from wgfast.uapi import (
     ZERO_KEY,
     AllowedIpChange,
     DeviceSnapshot,
-    Endpoint,
     PeerSnapshot,
     SetRequest,
     UapiError,

@@ -18,6 +18,9 @@ The control loop (asyncio, one thread) wakes for three reasons:
   - a UAPI request (wg, wg-quick) or a call from the Python API.
 It never touches a data packet: packets waiting for a session stay in C (staging.c) until it
 asks C to send them.
+
+About 500 lines, past the ~400 of the others: one object's lifetime (open, close, data-plane
+restarts), its control loop and its Python API, each short, over state they share.
 """
 
 from __future__ import annotations
