@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import gc
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -27,6 +28,18 @@ from wgfast.uapi import (
     SetRequest,
     UapiError,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from typing import TypeVar
+
+    from wgfast.dataplane import DataPlane
+    from wgfast.peer import IndexTable
+    from wgfast.peers import PeerTable
+    from wgfast.udp import UdpSockets
+
+    T = TypeVar("T")
+
 
 ZERO_KEY = bytes(32)
 
@@ -133,21 +146,25 @@ class _ApplyBatch:
 class Configuration:
     """Set and get, and the peer table changes behind them."""
 
-    @property
-    def last_handshake_wall(self) -> np.ndarray:
-        return self.table.last_handshake_wall
+    if TYPE_CHECKING:       # what the device provides
+        dp: DataPlane | None
+        identity: StaticIdentity | None
+        checker: CookieChecker | None
+        udp: UdpSockets
+        table: PeerTable
+        peers: Mapping[bytes, Peer]
+        timer_state: timers.TimerState
+        indices: IndexTable
+        max_peers: int
 
-    @property
-    def handshakes_completed(self) -> np.ndarray:
-        return self.table.handshakes
+        @property
+        def listen_port(self) -> int: ...
+        @property
+        def fwmark(self) -> int: ...
+        _clocks: timers.Clocks | None
 
-    @property
-    def handshake_timeouts(self) -> np.ndarray:
-        return self.table.handshake_timeouts
-
-    @property
-    def _initiation_sent(self) -> np.ndarray:
-        return self.table.initiation_sent
+        def _kick(self) -> None: ...
+        def _restart_dataplane(self, change: Callable[[], T]) -> T: ...
 
     def _tables_grew(self) -> None:
         """The C tables grew: the Python columns follow, and the timers read the new views."""

@@ -14,6 +14,7 @@ import contextlib
 import ipaddress
 import logging
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -24,6 +25,16 @@ from wgfast.endpoint import Endpoint
 from wgfast.metrics import LatencyHistogram
 from wgfast.peer import IndexTable, KeypairMaterial, Peer, consume_initiation
 from wgfast.ratelimiter import RateLimiter
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from wgfast.cookie import CookieChecker
+    from wgfast.dataplane import DataPlane
+    from wgfast.noise import StaticIdentity
+    from wgfast.peers import PeerTable
+    from wgfast.udp import UdpSockets
+
 
 log = logging.getLogger("wgfast")
 
@@ -37,14 +48,41 @@ def peer_name(public_key: bytes) -> str:
 class Handshakes:
     """The handshake state of a device, and what it does with handshake messages and timers."""
 
+    if TYPE_CHECKING:       # what the device provides
+        dp: DataPlane | None
+        identity: StaticIdentity | None
+        checker: CookieChecker | None
+        udp: UdpSockets
+        peers: Mapping[bytes, Peer]
+        by_id: Mapping[int, Peer]
+        timer_state: timers.TimerState
+        table: PeerTable
+
     def _init_handshakes(self) -> None:
         self.indices = IndexTable()
         self.ratelimiter = RateLimiter()
         self.rng = np.random.default_rng()
-        self.handshake_drops = 0
-        self.handshake_outcomes = dict.fromkeys(
+        self.handshake_drops: int = 0
+        self.handshake_outcomes: dict[str, int] = dict.fromkeys(
             ("accepted", "bad_mac1", "cookie_sent", "rate_limited"), 0)
         self.handshake_rtt = LatencyHistogram()
+
+    # The peer table's handshake columns, by the names metrics and tests use.
+    @property
+    def last_handshake_wall(self) -> np.ndarray:
+        return self.table.last_handshake_wall
+
+    @property
+    def handshakes_completed(self) -> np.ndarray:
+        return self.table.handshakes
+
+    @property
+    def handshake_timeouts(self) -> np.ndarray:
+        return self.table.handshake_timeouts
+
+    @property
+    def _initiation_sent(self) -> np.ndarray:
+        return self.table.initiation_sent
 
     def _sendto(self, data: bytes, ep: Endpoint) -> bool:
         """Send a handshake message (from ep's sticky source, if it has one)."""

@@ -15,9 +15,22 @@ A mixin of wgfast.device.Device, on its control loop.
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from wgfast.rtnetlink import link_events
 from wgfast.tun import TunError, TunGone
+
+if TYPE_CHECKING:
+    import asyncio
+    import socket
+    from collections.abc import Callable
+    from typing import TypeVar
+
+    from wgfast.dataplane import DataPlane
+    from wgfast.tun import SocketTun, Tun
+
+    T = TypeVar("T")
+
 
 log = logging.getLogger("wgfast")
 
@@ -26,6 +39,20 @@ HOUSEKEEPING = 1.0               # UAPI socket check; MTU and interface checks a
 
 class LinkFollowing:
     """The device's view of its interface, kept current."""
+
+    if TYPE_CHECKING:       # what the device provides
+        dp: DataPlane | None
+        tun: Tun | SocketTun | None
+        name: str
+        mtu: int
+        _ring_mtu: int
+        _loop: asyncio.AbstractEventLoop | None
+        _stopping: asyncio.Event | None
+        _link_mon: socket.socket | None
+        _ifindex: int
+        link_up: bool
+
+        def _restart_dataplane(self, change: Callable[[], T]) -> T: ...
 
     def _watch_link(self) -> None:
         """Open the link monitor (once per control loop)."""
