@@ -221,6 +221,9 @@ class Device(Configuration, Handshakes, LinkFollowing):
         if self.tun is not None:
             self.tun.close()
             self.tun = None
+        if self._given_tun is not None:        # given, never opened
+            self._given_tun.close()
+            self._given_tun = None
         for peer in list(self.table.live.values()):
             for idx in peer.zero_keys(self.indices):
                 if self.dp is not None:
