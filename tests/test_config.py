@@ -20,9 +20,9 @@ from wgfast.config import (
     load_config,
     parse_config,
 )
+from wgfast.endpoint import Endpoint
 from wgfast.uapi import (
     DeviceSnapshot,
-    Endpoint,
     PeerSnapshot,
     format_get,
     parse_set,

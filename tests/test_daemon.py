@@ -30,7 +30,7 @@ from wgfast.lab.netns import (
     start_wireguard,
     wrapper_script,
 )
-from wgfast.uapi import SOCKET_DIR
+from wgfast.uapi_server import SOCKET_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
 DAEMON = [sys.executable, "-m", "wgfast.daemon"]

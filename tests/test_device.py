@@ -1,7 +1,9 @@
-"""wgfast.device.Device, the in-process Python API: two devices in one process, each in a
-namespace of its own joined by a veth pair, ping through the tunnel; UAPI set semantics
-(all-or-nothing, allowed IPs moving between peers, replace_peers, update_only, our own key);
-a private key change expiring sessions; stats; close() removing the interface and socket."""
+"""wgfast.device.Device, the in-process Python API.  As root: two devices in one process, each
+in a namespace of its own joined by a veth pair, ping through the tunnel; a private key change
+expiring sessions; stats; close() removing the interface and socket; the interface followed
+across namespaces.  Without root: two devices on SocketTuns joined over loopback UDP (a real
+handshake, packets both ways, keepalives, the UAPI socket at a path of our own).  UAPI set
+semantics are in test_device_config.py."""
 
 from __future__ import annotations
 
@@ -11,21 +13,21 @@ import ipaddress
 import os
 import secrets
 import socket
+import struct
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
-from types import SimpleNamespace
 
 import pytest
-from support import ADDRS, IP_PKTINFO, Multi, needs_tun, netns, sh, until
+from support import inet_csum, needs_tun, netns, sh, until
 
-from wgfast.dataplane import Sticky
+from wgfast import udp
 from wgfast.device import Device
 from wgfast.lab.netns import inside
 from wgfast.noise import StaticIdentity
-from wgfast.uapi import UapiError
+from wgfast.tun import SocketTun
 
-pytestmark = needs_tun("ping")
+root = needs_tun("ping")       # the tests in namespaces of their own; those on loopback need none
 
 UNDER = ("10.66.1.1", "10.66.1.2")      # veth
 INNER = ("10.66.2.1", "10.66.2.2")      # tunnel
@@ -36,9 +38,9 @@ def link_exists(ns: str, name: str) -> bool:
 
 
 @contextlib.contextmanager
-def device_in(ns: str, name: str, pipeline: bool = False) -> Iterator[Device]:
+def device_in(ns: str, name: str) -> Iterator[Device]:
     """A started Device whose TUN, sockets and threads live in namespace ns."""
-    dev = Device(name, pipeline=pipeline)
+    dev = Device(name)
     try:
         with inside(ns):
             dev.open()
@@ -75,7 +77,7 @@ def two() -> Iterator[tuple[Side, Side]]:
 
 
 @contextlib.contextmanager
-def pair(pipeline: bool = False) -> Iterator[tuple[Side, Side]]:
+def pair() -> Iterator[tuple[Side, Side]]:
     tag = secrets.token_hex(2)
     with netns(f"h6a{tag}") as na, netns(f"h6b{tag}") as nb:
         sh("ip", "link", "add", f"h6va{tag}", "netns", na, "type", "veth", "peer", "name",
@@ -83,8 +85,7 @@ def pair(pipeline: bool = False) -> Iterator[tuple[Side, Side]]:
         for ns, veth, addr in ((na, f"h6va{tag}", UNDER[0]), (nb, f"h6vb{tag}", UNDER[1])):
             sh("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", veth)
             sh("ip", "-n", ns, "link", "set", veth, "up")
-        with device_in(na, f"h6wa{tag}", pipeline) as da, \
-                device_in(nb, f"h6wb{tag}", pipeline) as db:
+        with device_in(na, f"h6wa{tag}") as da, device_in(nb, f"h6wb{tag}") as db:
             sides = []
             for ns, dev, addr in ((na, da, INNER[0]), (nb, db, INNER[1])):
                 me = StaticIdentity.generate()
@@ -100,6 +101,7 @@ def ping(ns: str, addr: str, count: int = 3) -> subprocess.CompletedProcess[str]
                            "-W", "3", addr], capture_output=True, text=True, timeout=30)
 
 
+@root
 def test_two_devices_ping_stats_rekey_and_close(two: tuple[Side, Side]) -> None:
     a, b = two
     a.dev.add_peer(b.me.public, endpoint=f"{UNDER[1]}:{b.dev.listen_port}",
@@ -141,76 +143,7 @@ def test_two_devices_ping_stats_rekey_and_close(two: tuple[Side, Side]) -> None:
     a.dev.close()                                   # idempotent
 
 
-def test_set_is_all_or_nothing(one: Side) -> None:
-    dev = one.dev
-    peer = StaticIdentity.generate().public
-    dev.add_peer(peer, allowed_ips=["10.9.0.0/16"])
-    with inside(one.ns):
-        taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    taken.bind(("0.0.0.0", 0))
-    port = taken.getsockname()[1]
-    before = dev.uapi_get()
-    new_key = StaticIdentity.generate()
-    try:
-        with pytest.raises(UapiError) as e:
-            dev.configure(f"private_key={new_key.private.hex()}\nlisten_port={port}\n"
-                          f"replace_peers=true\n"
-                          f"public_key={StaticIdentity.generate().public.hex()}\n")
-        assert e.value.errno == 98          # EADDRINUSE, as wg reports it
-    finally:
-        taken.close()
-    after = dev.uapi_get()
-    assert after.private_key == one.me.private == before.private_key
-    assert after.listen_port == before.listen_port != port
-    assert [p.public_key for p in after.peers] == [peer]
-    # The device still works: the port is free now and the same request goes through.
-    dev.configure(listen_port=port)
-    assert dev.uapi_get().listen_port == port == dev.listen_port
-
-
-def test_allowed_ip_moves_between_peers(one: Side) -> None:
-    dev = one.dev
-    p1, p2 = StaticIdentity.generate().public, StaticIdentity.generate().public
-    dev.add_peer(p1, allowed_ips=["10.9.0.0/16", "10.10.0.1/32"])
-    dev.add_peer(p2, allowed_ips=["10.9.0.0/16"])
-    ips = {s.public_key: s.allowed_ips for s in dev.stats()}
-    assert ips[p1] == [ipaddress.ip_network("10.10.0.1/32")]
-    assert ips[p2] == [ipaddress.ip_network("10.9.0.0/16")]
-    assert dev.dp.aip_lookup(ipaddress.ip_address("10.9.3.4")) == dev.peers[p2].peer_id
-    # Removing it from p2 leaves nobody owning it.
-    dev.configure(f"public_key={p2.hex()}\nreplace_allowed_ips=true\n")
-    assert dev.dp.aip_lookup(ipaddress.ip_address("10.9.3.4")) is None
-    assert dev.dp.aip_lookup(ipaddress.ip_address("10.10.0.1")) == dev.peers[p1].peer_id
-
-
-def test_replace_peers_update_only_and_own_key(one: Side) -> None:
-    dev = one.dev
-    p1, p2, p3 = (StaticIdentity.generate().public for _ in range(3))
-    dev.add_peer(p1)
-    dev.add_peer(p2)
-    dev.configure(f"replace_peers=true\npublic_key={p3.hex()}\n")
-    assert [s.public_key for s in dev.stats()] == [p3]
-    assert len(dev.by_id) == 1
-    # update_only never creates a peer, but updates an existing one.
-    dev.configure(f"public_key={p1.hex()}\nupdate_only=true\nallowed_ip=10.1.0.0/16\n"
-                  f"public_key={p3.hex()}\nupdate_only=true\nallowed_ip=10.3.0.0/16\n")
-    [s] = dev.stats()
-    assert s.public_key == p3 and s.allowed_ips == [ipaddress.ip_network("10.3.0.0/16")]
-    # Our own public key is not a peer.
-    dev.add_peer(one.me.public, allowed_ips=["10.4.0.0/16"])
-    assert [s.public_key for s in dev.stats()] == [p3]
-    assert dev.dp.aip_lookup(ipaddress.ip_address("10.4.0.1")) is None
-    # Taking a private key whose public key is a peer drops that peer.
-    other = StaticIdentity.generate()
-    dev.add_peer(other.public)
-    dev.configure(private_key=other.private)
-    assert [s.public_key for s in dev.stats()] == [p3]
-    # Removal frees the id and the data plane slot.
-    pid = dev.peers[p3].peer_id
-    dev.remove_peer(p3)
-    assert dev.stats() == [] and dev.dp.active[pid] == 0
-
-
+@root
 def test_interface_deleted_stops_the_device(one: Side) -> None:
     path = one.dev._uapi.path if one.dev._uapi else None
     assert path is not None and os.path.exists(path)
@@ -218,6 +151,7 @@ def test_interface_deleted_stops_the_device(one: Side) -> None:
     assert until(lambda: not os.path.exists(path), 10)
 
 
+@root
 def test_mtu_follows_the_interface(two: tuple[Side, Side]) -> None:
     """`ip link set mtu` is picked up by housekeeping: lower takes effect in place, higher
     than the rings were sized for restarts the data plane with larger ones."""
@@ -243,6 +177,7 @@ def _rx_packets(ns: str, dev: str) -> int:
                .split('"rx":{')[1].split('"packets":')[1].split(",")[0])
 
 
+@root
 def test_udp_train_crosses_as_one_tun_write(two: tuple[Side, Side]) -> None:
     """A UDP GSO send of 40 datagrams reaches the far socket as 40 intact datagrams; with USO
     on the TUNs it is read as one super-packet, crosses as one GSO train and is written to the
@@ -250,29 +185,12 @@ def test_udp_train_crosses_as_one_tun_write(two: tuple[Side, Side]) -> None:
     udp_train(*two)
 
 
-def test_pipeline_threads_carry_traffic() -> None:
-    """WGFAST_THREADS=pipeline: the same traffic through two-stage loops, and a data plane
-    restart (MTU raised past the rings) and close with their second threads running."""
-    with pair(pipeline=True) as (a, b):
-        assert a.dev.pipeline and b.dev.pipeline
-        udp_train(a, b)
-        for side in (a, b):
-            sh("ip", "-n", side.ns, "link", "set", side.dev.name, "mtu", "4000")
-        assert until(lambda: a.dev.mtu == 4000 and b.dev.mtu == 4000)
-        r = subprocess.run(["ip", "netns", "exec", a.ns, "ping", "-c", "2", "-i", "0.2", "-W",
-                            "3", "-s", "3800", INNER[1]], capture_output=True, text=True,
-                           timeout=30)
-        assert r.returncode == 0, r.stdout + r.stderr
-        udp_train(a, b, peers=False)
-
-
-def udp_train(a: Side, b: Side, peers: bool = True) -> None:
+def udp_train(a: Side, b: Side) -> None:
     from wgfast.device import TUN_TXQUEUELEN
 
-    if peers:
-        a.dev.add_peer(b.me.public, endpoint=f"{UNDER[1]}:{b.dev.listen_port}",
-                       allowed_ips=[f"{INNER[1]}/32"])
-        b.dev.add_peer(a.me.public, allowed_ips=[f"{INNER[0]}/32"])
+    a.dev.add_peer(b.me.public, endpoint=f"{UNDER[1]}:{b.dev.listen_port}",
+                   allowed_ips=[f"{INNER[1]}/32"])
+    b.dev.add_peer(a.me.public, allowed_ips=[f"{INNER[0]}/32"])
     assert ping(a.ns, INNER[1]).returncode == 0
     assert sh("ip", "-n", a.ns, "-j", "link", "show", "dev", a.dev.name).stdout.count(
         f'"txqlen":{TUN_TXQUEUELEN}') == 1
@@ -284,7 +202,7 @@ def udp_train(a: Side, b: Side, peers: bool = True) -> None:
     with rx, tx:
         rx.bind((INNER[1], 7777))
         rx.settimeout(5)
-        tx.setsockopt(socket.SOL_UDP, 103, 64)          # UDP_SEGMENT: 64-byte datagrams
+        tx.setsockopt(udp.SOL_UDP, udp.UDP_SEGMENT, 64)    # 64-byte datagrams
         before = _rx_packets(b.ns, b.dev.name)
         tx.sendto(payload[:64 * 40], (INNER[1], 7777))
         got = [rx.recv(2048) for _ in range(40)]
@@ -296,53 +214,7 @@ def udp_train(a: Side, b: Side, peers: bool = True) -> None:
         assert writes < 40, "the datagrams were written to the TUN one by one"
 
 
-def test_threads_mode_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    from wgfast.device import DeviceError, pipeline_default
-
-    monkeypatch.delenv("WGFAST_THREADS", raising=False)
-    assert pipeline_default() is False
-    monkeypatch.setenv("WGFAST_THREADS", "Pipeline")
-    assert pipeline_default() is True
-    monkeypatch.setenv("WGFAST_THREADS", "fast")
-    with pytest.raises(DeviceError, match="WGFAST_THREADS"):
-        pipeline_default()
-
-
-# ---- sticky source of the control plane's handshake sends ------------------------------------
-
-@pytest.mark.parametrize("fam", [4, 6])
-def test_handshake_sends_leave_from_the_sticky_source(multi: Multi, fam: int) -> None:
-    """_sendto answers from the local address a handshake reached (Sticky.src), and falls
-    back to routing's choice once that address is gone."""
-    dev = SimpleNamespace(sock4=multi.socks[4], sock6=multi.socks[6])
-    a, b, r = ADDRS[fam]
-    idx = multi.lo_index if fam == 6 else 0
-    remote = multi.remote[fam]
-    for src, want in ((a, a), (b, b), (None, r)):
-        ep = Sticky(*multi.remote_ep(fam), src=(src, idx) if src else None)
-        assert Device._sendto(dev, b"\x02hello", ep)        # type: ignore[arg-type]
-        data, frm = remote.recvfrom(100)
-        assert (data, frm[0], frm[1]) == (b"\x02hello", want, multi.port(fam))
-    sh("ip", "-n", multi.ns, f"-{fam}", "addr", "del", f"{a}/{32 if fam == 4 else 128}",
-       "dev", "lo")
-    assert Device._sendto(dev, b"\x02again", Sticky(*multi.remote_ep(fam), src=(a, idx)))  # type: ignore[arg-type]
-    data, frm = remote.recvfrom(100)
-    assert (data, frm[0]) == (b"\x02again", r)
-
-
-def test_sockets_ask_for_the_local_address(multi: Multi) -> None:
-    dev = SimpleNamespace(offloads=False, _tune=Device._tune)
-    with inside(multi.ns):
-        s4, s6, port = Device._open_sockets(dev, 0, 0)     # type: ignore[arg-type]
-    try:
-        assert s4 is not None and s6 is not None and port > 0
-        assert s4.getsockopt(socket.IPPROTO_IP, IP_PKTINFO) == 1
-        assert s6.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO) == 1
-    finally:
-        s4.close()
-        s6.close()
-
-
+@root
 def test_handshake_queue_drained_in_slices_uapi_not_starved(one: Side) -> None:
     """About a thousand handshake messages that pass C's intake (valid mac1 and, once the
     queue puts the device under load, a valid mac2 from cookies C made) are queued at once.
@@ -390,6 +262,7 @@ def moved(one: Side) -> Iterator[tuple[Side, str]]:
         yield one, there
 
 
+@root
 def test_moved_interface_is_followed(moved: tuple[Side, str]) -> None:
     """After `ip link set netns`: the device keeps running and follows MTU and up/down in
     the namespace the interface is in now; deleted there, it stops."""
@@ -411,6 +284,7 @@ def test_moved_interface_is_followed(moved: tuple[Side, str]) -> None:
     assert until(lambda: not os.path.exists(path), 10)
 
 
+@root
 def test_namespace_deleted_under_moved_interface_stops_the_device(
         moved: tuple[Side, str]) -> None:
     """`ip netns del` of the namespace it moved to deletes the interface (the kernel does, as
@@ -437,6 +311,7 @@ def uapi_raw(path: str, request: bytes) -> bytes:
     return out
 
 
+@root
 def test_allowed_ip_minus_prefix_removes_one(two: tuple[Side, Side]) -> None:
     """`allowed_ip=-PREFIX` (wireguard-go 2025; older `wg set` cannot send it, so the line
     goes to the socket as is): that prefix leaves `wg show allowed-ips` and the data plane,
@@ -476,3 +351,126 @@ def test_allowed_ip_minus_prefix_removes_one(two: tuple[Side, Side]) -> None:
     assert uapi_raw(path, f"set=1\npublic_key={b.me.public.hex()}\n"
                           f"allowed_ip={INNER[1]}/32\n\n".encode()) == b"errno=0\n\n"
     assert ping(a.ns, INNER[1], 1).returncode == 0
+
+
+# ---- without root: devices on SocketTuns, joined over loopback UDP ---------------------------
+
+LOOP_INNER = ("10.67.0.1", "10.67.0.2")
+
+
+@dataclass
+class LoopSide:
+    dev: Device
+    tun: SocketTun
+    me: StaticIdentity
+    uapi: str
+
+
+def inner_udp(src: str, dst: str, payload: bytes) -> bytes:
+    """An IPv4/UDP packet as the host would route it into the tunnel (UDP checksum 0)."""
+    udp = struct.pack("!HHHH", 40000, 7, 8 + len(payload), 0) + payload
+    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, socket.IPPROTO_UDP,
+                      0, socket.inet_aton(src), socket.inet_aton(dst))
+    return hdr[:10] + struct.pack("!H", inet_csum(hdr)) + hdr[12:] + udp
+
+
+@contextlib.contextmanager
+def loop_device(tmp: str, name: str) -> Iterator[LoopSide]:
+    tun = SocketTun(name)
+    path = os.path.join(tmp, f"{name}.sock")
+    dev = Device(name, tun=tun, listen=("127.0.0.1", "::1"), uapi_path=path)
+    try:
+        dev.start()
+        me = StaticIdentity.generate()
+        dev.configure(private_key=me.private)
+        yield LoopSide(dev, tun, me, path)
+    finally:
+        dev.close()
+
+
+@pytest.fixture
+def loop_pair(tmp_path: object) -> Iterator[tuple[LoopSide, LoopSide]]:
+    with loop_device(str(tmp_path), "lpa") as a, loop_device(str(tmp_path), "lpb") as b:
+        yield a, b
+
+
+def join(a: LoopSide, b: LoopSide, keepalive: int | None = None) -> None:
+    a.dev.add_peer(b.me.public, endpoint=f"127.0.0.1:{b.dev.listen_port}",
+                   allowed_ips=[f"{LOOP_INNER[1]}/32"], persistent_keepalive=keepalive)
+    b.dev.add_peer(a.me.public, allowed_ips=[f"{LOOP_INNER[0]}/32"])     # learns a's endpoint
+
+
+def test_loopback_devices_handshake_and_carry_packets_both_ways(
+        loop_pair: tuple[LoopSide, LoopSide]) -> None:
+    """The first packet waits (staged in C) for a real handshake over loopback UDP, then
+    crosses; the answer crosses back on the session; both sides count the handshake."""
+    a, b = loop_pair
+    assert a.dev.tun_uso is False and a.dev.udp_gro is False     # a SocketTun: no offloads
+    join(a, b)
+    out = [inner_udp(LOOP_INNER[0], LOOP_INNER[1], bytes([k]) * (100 + k)) for k in range(5)]
+    for p in out:
+        a.tun.send(p)
+    assert [b.tun.recv() for _ in out] == out
+    back = inner_udp(LOOP_INNER[1], LOOP_INNER[0], b"answer")
+    b.tun.send(back)
+    assert a.tun.recv() == back
+    [sa], [sb] = a.dev.stats(), b.dev.stats()
+    assert sa.last_handshake is not None and sb.last_handshake is not None
+    assert sa.tx_bytes > 0 and sa.rx_bytes > 0
+    assert sb.endpoint is not None and sb.endpoint == ("127.0.0.1", a.dev.listen_port)
+    # An inner source outside the sender's allowed IPs is dropped at the receiver.
+    before = b.dev.drops()["allowed_ips"]
+    b.tun.send(inner_udp("10.67.0.99", LOOP_INNER[0], b"spoofed"))
+    assert until(lambda: a.dev.drops()["allowed_ips"] > 0)
+    assert b.dev.drops()["allowed_ips"] == before
+
+
+def test_loopback_persistent_keepalive(loop_pair: tuple[LoopSide, LoopSide]) -> None:
+    """persistent_keepalive=1: a handshake at once, then a keepalive (an empty transport
+    message, 32 bytes) about every second with no traffic; none reaches the far TUN."""
+    a, b = loop_pair
+    join(a, b, keepalive=1)
+    assert until(lambda: b.dev.stats()[0].last_handshake is not None, 10)
+    rx0 = b.dev.stats()[0].rx_bytes
+    assert until(lambda: b.dev.stats()[0].rx_bytes >= rx0 + 2 * 32, 10)
+    b.tun.peer.settimeout(0.2)
+    with pytest.raises(TimeoutError):
+        b.tun.peer.recv(2048)
+
+
+def test_loopback_uapi_get_set_round_trip(loop_pair: tuple[LoopSide, LoopSide]) -> None:
+    """The UAPI socket at a path of our choosing: a set, then a get that reports it (and the
+    handshake it led to), as wireguard-go's protocol has it."""
+    a, b = loop_pair
+    b.dev.add_peer(a.me.public, allowed_ips=[f"{LOOP_INNER[0]}/32"])
+    reply = uapi_raw(a.uapi, f"set=1\npublic_key={b.me.public.hex()}\n"
+                             f"endpoint=127.0.0.1:{b.dev.listen_port}\n"
+                             "persistent_keepalive_interval=1\n"
+                             f"allowed_ip={LOOP_INNER[1]}/32\nallowed_ip=10.67.5.0/24\n\n"
+                     .encode())
+    assert reply == b"errno=0\n\n"
+    assert until(lambda: b.dev.stats()[0].last_handshake is not None, 10)
+    got = uapi_raw(a.uapi, b"get=1\n\n").decode()
+    lines = got.splitlines()
+    assert lines[0] == f"private_key={a.me.private.hex()}"
+    assert f"listen_port={a.dev.listen_port}" in lines
+    assert lines[lines.index(f"public_key={b.me.public.hex()}") + 3] == \
+        f"endpoint=127.0.0.1:{b.dev.listen_port}"
+    assert "persistent_keepalive_interval=1" in lines
+    assert [ln for ln in lines if ln.startswith("allowed_ip=")] == [
+        f"allowed_ip={LOOP_INNER[1]}/32", "allowed_ip=10.67.5.0/24"]
+    assert not any(ln == "last_handshake_time_sec=0" for ln in lines)
+    assert got.endswith("errno=0\n\n")
+    assert uapi_raw(a.uapi, b"set=1\nlisten_port=99999\n\n") == b"errno=-22\n\n"
+
+
+def test_loopback_mtu_follows_the_stand_in(tmp_path: object) -> None:
+    """The link-following path on a SocketTun: its MTU is followed (rings regrow past the
+    first size), and close() releases the UAPI socket."""
+    with loop_device(str(tmp_path), "lpm") as a:
+        a.tun.mtu = 1300
+        assert until(lambda: a.dev.mtu == 1300, 5)
+        a.tun.mtu = 4000
+        assert until(lambda: a.dev.mtu == 4000, 5)
+        assert a.dev.link_up and os.path.exists(a.uapi)
+    assert not os.path.exists(a.uapi)

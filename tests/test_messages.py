@@ -58,3 +58,10 @@ def test_random_bytes_only_typed_errors(data):
             f(data)
         except M.MessageError:
             pass
+
+
+def test_address_families_are_the_c_contracts():
+    """wg_addr and the allowed-IP records carry Linux's AF_* values."""
+    import socket
+
+    assert (M.AF_INET, M.AF_INET6) == (socket.AF_INET, socket.AF_INET6) == (2, 10)

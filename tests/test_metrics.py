@@ -225,6 +225,36 @@ def test_python_api_metrics_and_serve_metrics() -> None:
         urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5)
 
 
+def test_loopback_metrics_without_root(tmp_path: object) -> None:
+    """The same exposition from devices on SocketTuns over loopback (no root): a peer's
+    sent bytes and endpoint, its handshake counted, served over HTTP."""
+    from test_dataplane import until
+    from test_device import LOOP_INNER, inner_udp, join, loop_device
+
+    with loop_device(str(tmp_path), "mta") as a, loop_device(str(tmp_path), "mtb") as b:
+        join(a, b)
+        p = inner_udp(LOOP_INNER[0], LOOP_INNER[1], b"counted")
+        a.tun.send(p)
+        assert b.tun.recv() == p
+        pub = base64.b64encode(b.me.public).decode()
+        assert until(lambda: int(a.dev.handshakes_completed[0]) == 1)
+        families = {f.name: f for f in text_string_to_metric_families(a.dev.metrics())}
+        [sent] = families["wireguard_sent_bytes"].samples
+        assert sent.labels == {"interface": a.dev.name, "public_key": pub,
+                               "allowed_ips": f"{LOOP_INNER[1]}/32"}
+        assert 0 < sent.value <= a.dev.stats()[0].tx_bytes
+        samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+        for fam in families.values():
+            for smp in fam.samples:
+                samples.setdefault(smp.name, []).append((smp.labels, smp.value))
+        on_a = {"interface": a.dev.name, "public_key": pub}
+        assert value(samples, "wgfast_peer_handshakes_total", **on_a) == 1
+        url = a.dev.serve_metrics("127.0.0.1:0")
+        with urllib.request.urlopen(url, timeout=10) as r:
+            served = r.read().decode()
+        assert f'endpoint="127.0.0.1:{b.dev.listen_port}"' in served
+
+
 def test_roaming_and_handshake_timeouts(tunnel, topo: Topology) -> None:
     from support import until
 

@@ -14,7 +14,8 @@ import pytest
 from support import inet_csum, needs_tun, sh
 
 from wgfast.lab.netns import inside
-from wgfast.tun import Tun, TunError, TunGone, link_events
+from wgfast.rtnetlink import link_events
+from wgfast.tun import Tun, TunError, TunGone
 
 NS = "h3tst0"
 

@@ -21,11 +21,12 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from wgfast.endpoint import Endpoint
+from wgfast.messages import KEY_LEN
 from wgfast.uapi import (
     ZERO_KEY,
     AllowedIpChange,
     DeviceSnapshot,
-    Endpoint,
     PeerSet,
     SetRequest,
     format_network,
@@ -92,7 +93,7 @@ def key_from_base64(value: str) -> bytes:
         raw = base64.b64decode(value, validate=True)
     except binascii.Error:
         raise ValueError("a key is 44 base64 characters") from None
-    if len(raw) != 32:
+    if len(raw) != KEY_LEN:
         raise ValueError("a key is 32 bytes")
     return raw
 

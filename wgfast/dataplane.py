@@ -268,32 +268,18 @@ def choose_backend(name: str | None = None) -> str:
 # ---- the data-plane handle the device drives -------------------------------------------------
 
 import errno  # noqa: E402
+import ipaddress  # noqa: E402
+import socket  # noqa: E402
 
-Endpoint = tuple[str, int]          # (address, port); IPv6 scope as "fe80::1%eth0"
+from wgfast.endpoint import Endpoint  # noqa: E402
+from wgfast.messages import AF_INET, AF_INET6  # noqa: E402
 
-
-class Sticky(tuple):
-    """A peer's (address, port), as a plain Endpoint compares and unpacks, plus the local
-    source it last reached us on: src = (local address, ifindex), or None (routing picks).
-    Handshake events carry one, so replies and the endpoint they set stay sticky; a plain
-    tuple (UAPI) clears the source."""
-
-    src: tuple[str, int] | None
-
-    def __new__(cls, host: str, port: int, src: tuple[str, int] | None = None) -> Sticky:
-        t = super().__new__(cls, (host, port))
-        t.src = src
-        return t
-
-    def __repr__(self) -> str:
-        return f"Sticky({self[0]!r}, {self[1]!r}, src={self.src!r})"
+Sticky = Endpoint       # its former name here (an Endpoint with a source)
 
 
-def addr_to_c(endpoint: Endpoint | None, out: object) -> None:
-    """Fill a wg_addr from (host, port) -- with its source when it is a Sticky; None clears."""
-    import ipaddress
-    import socket
-
+def addr_to_c(endpoint: tuple[str, int] | None, out: object) -> None:
+    """Fill a wg_addr from an Endpoint (with its source, if any), or from any (host, port)
+    pair (no source); None clears."""
     ffi.memmove(out, bytes(ffi.sizeof("wg_addr")), ffi.sizeof("wg_addr"))
     if endpoint is None:
         return
@@ -303,12 +289,12 @@ def addr_to_c(endpoint: Endpoint | None, out: object) -> None:
         host, _, zone = host.partition("%")
         scope = int(zone) if zone.isdigit() else socket.if_nametoindex(zone)
     ip = ipaddress.ip_address(host)
-    out.family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
+    out.family = AF_INET if ip.version == 4 else AF_INET6
     out.port = port
     out.scope_id = scope
     packed = ip.packed
     ffi.memmove(out.addr, packed, len(packed))
-    src = getattr(endpoint, "src", None)
+    src = endpoint.src if isinstance(endpoint, Endpoint) else None
     if src is not None:
         sip = ipaddress.ip_address(src[0])
         if sip.version != ip.version:
@@ -328,34 +314,33 @@ def _addr_dtype() -> np.dtype:
 ADDR_LAYOUT = _addr_dtype()
 
 
-def pack_endpoints(families: list[int], ports: list[int], scopes: list[int],
-                   packed: bytes) -> np.ndarray:
-    """Columns -> a wg_addr array for DataPlane.set_endpoints (packed: 16 bytes each, IPv4 in
-    the first 4)."""
-    n = len(families)
+def pack_endpoints(endpoints: list[Endpoint]) -> np.ndarray:
+    """Endpoints -> a wg_addr array for DataPlane.set_endpoints (no sources: a configured
+    endpoint clears the sticky one)."""
+    n = len(endpoints)
     out = np.zeros(n, dtype=ADDR_LAYOUT)
-    out["family"] = families
-    out["port"] = ports
-    out["scope_id"] = scopes
-    out["addr"] = np.frombuffer(packed, dtype=np.uint8).reshape(n, 16)
+    packed = [ep.packed for ep in endpoints]
+    out["family"] = [AF_INET if len(p) == 4 else AF_INET6 for p in packed]
+    out["port"] = [ep.port for ep in endpoints]
+    out["scope_id"] = [ep.scope_id if len(p) == 16 else 0
+                       for ep, p in zip(endpoints, packed, strict=True)]
+    out["addr"] = np.frombuffer(b"".join(p if len(p) == 16 else p + bytes(12) for p in packed),
+                                dtype=np.uint8).reshape(n, 16)
     return out
 
 
-def addr_from_c(a: object) -> Sticky | None:
-    import ipaddress
-    import socket
-
-    if a.family == socket.AF_INET:
+def addr_from_c(a: object) -> Endpoint | None:
+    if a.family == AF_INET:
         raw = bytes(a.src[0:4])
         src = (str(ipaddress.IPv4Address(raw)), 0) if any(raw) else None
-        return Sticky(str(ipaddress.IPv4Address(bytes(a.addr[0:4]))), int(a.port), src)
-    if a.family == socket.AF_INET6:
+        return Endpoint(str(ipaddress.IPv4Address(bytes(a.addr[0:4]))), int(a.port), src)
+    if a.family == AF_INET6:
         host = str(ipaddress.IPv6Address(bytes(a.addr[0:16])))
         if a.scope_id:
             host = f"{host}%{a.scope_id}"
         raw = bytes(a.src[0:16])
         src = (str(ipaddress.IPv6Address(raw)), int(a.src_ifindex)) if any(raw) else None
-        return Sticky(host, int(a.port), src)
+        return Endpoint(host, int(a.port), src)
     return None
 
 
@@ -462,7 +447,7 @@ class DataPlane:
                                   len(ids))
         return out
 
-    def get_endpoint(self, peer: int) -> Sticky | None:
+    def get_endpoint(self, peer: int) -> Endpoint | None:
         lib.wg_peer_get_endpoint(self._dp, peer, self._addr)
         return addr_from_c(self._addr)
 
@@ -538,7 +523,7 @@ class DataPlane:
         return int(lib.wg_hs_queued(self._dp))
 
     def pop_events(self, max_events: int = 1 << 30,
-                   ) -> list[tuple[int, int, int, Sticky | None, bytes]]:
+                   ) -> list[tuple[int, int, int, Endpoint | None, bytes]]:
         """Control events first, then handshake messages, at most max_events of them:
         (type, peer, receiver, source, data)."""
         out = []
@@ -564,7 +549,7 @@ class DataPlane:
         return [(int(self._ctl_peers[k]), int(self._ctl_flags[k]), int(self._ctl_conf[k]))
                 for k in range(n)]
 
-    def pop_handshakes(self, max_msgs: int = 64) -> list[tuple[bytes, Sticky | None, bool]]:
+    def pop_handshakes(self, max_msgs: int = 64) -> list[tuple[bytes, Endpoint | None, bool]]:
         """Handshake messages that passed C's intake, fairly between sources: (message,
         source, verified) -- verified False when C could not check the MACs."""
         n = lib.wg_hs_pop(self._dp, self._evs, self._ev_data, self._ev_stride,

@@ -28,6 +28,10 @@ MAX_STAGED_PACKETS = 128                      # per-peer queue while no key (old
 HANDSHAKES_PER_SECOND = 20                    # kernel ratelimiter: packets/s per source
 HANDSHAKES_BURSTABLE = 5
 
+# ---- address families as wg_addr and the allowed-IP records carry them (Linux's AF_* values)
+AF_INET = 2
+AF_INET6 = 10
+
 # ---- message types and sizes
 MSG_INITIATION = 1
 MSG_RESPONSE = 2

@@ -21,6 +21,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from wgfast.device import Device
+    from wgfast.endpoint import Endpoint
 
 DEFAULT_PORT = 9586     # prometheus_wireguard_exporter's
 
@@ -140,13 +141,11 @@ def sample(dev: Device) -> Sample:
     return dev._call(take)
 
 
-def _endpoint_text(ep: Any) -> str:
+def _endpoint_text(ep: Endpoint | None) -> str:
+    """host:port or [host]:port, the host as the data plane reports it."""
     if ep is None:
         return ""
-    if isinstance(ep, tuple):
-        host, port = ep
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-    return str(ep)
+    return f"[{ep.host}]:{ep.port}" if ":" in ep.host else f"{ep.host}:{ep.port}"
 
 
 def _batch_buckets(row: np.ndarray) -> tuple[list[tuple[str, float]], float]:

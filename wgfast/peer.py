@@ -12,7 +12,7 @@ import os
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from .cookie import CookieState
 from .messages import (
@@ -107,8 +107,6 @@ class Peer:
         self.public_key = bytes(public_key)
         self.peer_id = peer_id
         self.psk = bytes(psk) if psk is not None else bytes(KEY_LEN)
-        self.endpoint: Any = None
-        self.persistent_keepalive = 0
         self.cookie = CookieState(self.public_key)
         self.handshake: InitiatorHandshake | None = None
         self.last_timestamp = bytes(TIMESTAMP_LEN)
@@ -129,16 +127,6 @@ class Peer:
             self._ss = local.static_static(self.public_key)
             self._ss_for = local.public
         return self._ss
-
-    def kind_of(self, local_index: int) -> str | None:
-        """'handshake', 'current', 'previous', 'next' or None."""
-        if self.handshake is not None and self.handshake.local_index == local_index:
-            return "handshake"
-        for name in ("current", "previous", "next"):
-            slot = getattr(self, name)
-            if slot is not None and slot.local_index == local_index:
-                return name
-        return None
 
     def keypair_indices(self) -> list[int]:
         return [s.local_index for s in (self.current, self.previous, self.next) if s]

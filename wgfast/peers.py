@@ -25,6 +25,7 @@ from collections.abc import Iterator, Mapping
 import numpy as np
 
 from wgfast import timers
+from wgfast.messages import AF_INET, AF_INET6
 from wgfast.peer import Peer
 
 ZERO_KEY = bytes(32)
@@ -82,7 +83,7 @@ def format_key(key: bytes) -> str:
 
 def pack_keys(keys: list[bytes]) -> tuple[bytes, bytes]:
     """Prefix keys -> (families, 17-byte records) for wg_aip_insert_many/remove_many."""
-    fams = bytes(2 if len(k) == 5 else 10 for k in keys)
+    fams = bytes(AF_INET if len(k) == 5 else AF_INET6 for k in keys)
     recs = b"".join(k[:4] + bytes(12) + k[4:] if len(k) == 5 else k for k in keys)
     return fams, recs
 
@@ -217,7 +218,6 @@ class PeerTable:
             if key is None:
                 return None
             p = Peer(key, pid, self.psk.get(pid))
-            p.persistent_keepalive = int(self.keepalive[pid])
             self.live[pid] = p
         return p
 

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from wgfast.uapi import SOCKET_DIR, socket_path
+from wgfast.uapi_server import SOCKET_DIR, socket_path
 
 
 @dataclass

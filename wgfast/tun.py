@@ -3,6 +3,8 @@
 Constants from linux/if_tun.h and linux/sockios.h.  The interface lives as long as a queue
 descriptor is open (it is not made persistent), so close() removes it.
 
+SocketTun stands in for a Tun where there is none to create (tests without root).
+
 The interface may be moved to another network namespace (`ip link set wg0 netns B`) or renamed
 while we hold it.  The descriptor keeps working; what it is attached to is asked of the
 descriptor itself (follow(): TUNGETIFF for the name, TUNGETDEVNETNS for the namespace), since
@@ -21,22 +23,20 @@ NETLINK_LISTEN_ALL_NSID, which covers every namespace with an id in the home one
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import fcntl
 import os
 import socket
 import struct
-import threading
-from collections.abc import Callable, Iterator
-from typing import TypeVar
+from collections.abc import Iterator
+
+from wgfast.rtnetlink import ensure_nsid, in_netns, open_link_monitor, socket_in_netns
 
 __all__ = [
     "Tun",
+    "SocketTun",
     "TunError",
     "TunGone",
-    "link_events",
-    "socket_in_netns",
     "IFF_TUN",
     "IFF_NO_PI",
     "IFF_VNET_HDR",
@@ -48,7 +48,6 @@ __all__ = [
     "TUN_F_USO6",
 ]
 
-T = TypeVar("T")
 TUN_PATH = "/dev/net/tun"
 IFNAMSIZ = 16
 
@@ -79,23 +78,6 @@ SIOCSIFTXQLEN = 0x8943
 IFF_UP = 0x1
 
 _IFREQ = 40     # struct ifreq: name[16] + a 24-byte union
-CLONE_NEWNET = 0x40000000
-
-# linux/netlink.h, linux/rtnetlink.h
-NETLINK_ROUTE = 0
-SOL_NETLINK = 270
-NETLINK_LISTEN_ALL_NSID = 8
-RTMGRP_LINK = 1
-RTM_NEWLINK = 16
-RTM_DELLINK = 17
-RTM_NEWNSID = 88
-NLM_F_REQUEST = 0x1
-NLM_F_ACK = 0x4
-NLMSG_ERROR = 2
-NETNSA_NSID = 1
-NETNSA_FD = 3
-_NLMSGHDR = struct.Struct("=IHHII")
-_IFINFOMSG = struct.Struct("=BxHiII")
 
 
 class TunError(OSError):
@@ -106,93 +88,12 @@ class TunGone(TunError):
     """The interface was deleted (in whatever namespace it was): the descriptor is detached."""
 
 
-def _in_netns(ns_fd: int, fn: Callable[[], T]) -> T:
-    """fn() run in the network namespace `ns_fd` refers to.  setns applies to the calling
-    thread only, so a short-lived thread enters the namespace, runs fn and ends: the caller's
-    thread never leaves its own namespace (a failed way back cannot strand it)."""
-    out: list[T] = []
-    err: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            if libc.setns(ns_fd, CLONE_NEWNET) != 0:
-                e = ctypes.get_errno()
-                raise OSError(e, f"setns: {os.strerror(e)}")
-            out.append(fn())
-        except BaseException as e:      # handed to the caller's thread
-            err.append(e)
-
-    t = threading.Thread(target=run, name="wgfast-setns", daemon=True)
-    t.start()
-    t.join()
-    if err:
-        raise err[0]
-    return out[0]
-
-
-def socket_in_netns(ns_fd: int, family: int, type: int, proto: int = 0) -> socket.socket:
-    """A socket made inside the network namespace `ns_fd` refers to (it stays there)."""
-    return _in_netns(ns_fd, lambda: socket.socket(family, type, proto))
-
-
 def _ifreq(name: str, fmt: str = "", *values: int) -> bytes:
     raw = name.encode()
     if not raw or len(raw) >= IFNAMSIZ:
         raise TunError(f"interface name {name!r} must be 1 to {IFNAMSIZ - 1} bytes")
     head = struct.pack(f"{IFNAMSIZ}s{fmt}", raw, *values)
     return head + bytes(_IFREQ - len(head))
-
-
-def ensure_nsid(ns_fd: int) -> None:
-    """Give the namespace `ns_fd` an id in the calling thread's namespace (RTM_NEWNSID with
-    any free id; EEXIST when it has one), so that a NETLINK_LISTEN_ALL_NSID socket here
-    hears its link messages.  An id does not keep the namespace alive."""
-    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
-    try:
-        s.settimeout(2.0)
-        s.bind((0, 0))
-        body = (struct.pack("=Bxxx", socket.AF_UNSPEC)
-                + struct.pack("=HHi", 8, NETNSA_NSID, -1)         # -1: any free id
-                + struct.pack("=HHI", 8, NETNSA_FD, ns_fd))
-        s.send(_NLMSGHDR.pack(_NLMSGHDR.size + len(body), RTM_NEWNSID,
-                              NLM_F_REQUEST | NLM_F_ACK, 1, 0) + body)
-        reply = s.recv(4096)
-        if len(reply) >= _NLMSGHDR.size + 4 and _NLMSGHDR.unpack_from(reply)[1] == NLMSG_ERROR:
-            err = -struct.unpack_from("=i", reply, _NLMSGHDR.size)[0]
-            if err and err != errno.EEXIST:
-                raise OSError(err, f"RTM_NEWNSID: {os.strerror(err)}")
-    finally:
-        s.close()
-
-
-def link_events(sock: socket.socket) -> set[int] | None:
-    """Drain a link_monitor() socket: the interface indices that link messages named, or
-    None when the kernel dropped messages for us (ENOBUFS): then anything may have changed."""
-    seen: set[int] = set()
-    overflow = False
-    while True:
-        try:
-            data = sock.recv(1 << 16)
-        except BlockingIOError:
-            break
-        except OSError as e:
-            if e.errno != errno.ENOBUFS:
-                raise
-            overflow = True
-            continue
-        if not data:
-            break
-        off = 0
-        while off + _NLMSGHDR.size <= len(data):
-            length, mtype = _NLMSGHDR.unpack_from(data, off)[:2]
-            if length < _NLMSGHDR.size:
-                break
-            body = off + _NLMSGHDR.size
-            if mtype in (RTM_NEWLINK, RTM_DELLINK) and body + _IFINFOMSG.size <= len(data):
-                seen.add(_IFINFOMSG.unpack_from(data, body)[2])
-            off += (length + 3) & ~3
-    return None if overflow else seen
 
 
 class Tun:
@@ -310,7 +211,7 @@ class Tun:
                 # Ids live in the home namespace: ask there (from a thread of our own, as
                 # the caller may stand elsewhere).  Without one, only the 1-s checks see it.
                 with contextlib.suppress(OSError):
-                    _in_netns(self._home, lambda: ensure_nsid(ns))
+                    in_netns(self._home, lambda: ensure_nsid(ns))
         finally:
             os.close(ns)
         self._ns_ino = ino
@@ -338,25 +239,11 @@ class Tun:
             yield s
 
     def link_monitor(self) -> socket.socket:
-        """A non-blocking rtnetlink socket subscribed to link changes (RTMGRP_LINK) in the
-        home namespace and, through NETLINK_LISTEN_ALL_NSID, in every namespace with an id
-        there, which follow() gives the device's: it wakes its reader when the device's MTU
-        or flags change, when it is deleted and when it moves (RTM_DELLINK where it was).
-        Read it with link_events()."""
-        kind = socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
-        if self._home >= 0:
-            s = socket_in_netns(self._home, socket.AF_NETLINK, kind, NETLINK_ROUTE)
-        else:
-            s = socket.socket(socket.AF_NETLINK, kind, NETLINK_ROUTE)
-        try:
-            with contextlib.suppress(OSError):
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-            s.setsockopt(SOL_NETLINK, NETLINK_LISTEN_ALL_NSID, 1)
-            s.bind((0, RTMGRP_LINK))
-        except BaseException:
-            s.close()
-            raise
-        return s
+        """A non-blocking rtnetlink socket subscribed to link changes in the home namespace
+        and every namespace with an id there, which follow() gives the device's: it wakes
+        its reader when the device's MTU or flags change, when it is deleted and when it
+        moves (RTM_DELLINK where it was).  Read it with link_events()."""
+        return open_link_monitor(self._home)
 
     @property
     def netns_ino(self) -> int:
@@ -464,3 +351,56 @@ class Tun:
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"fd={self._queues[0]}"
         return f"Tun({self.name!r}, {state})"
+
+
+class SocketTun:
+    """A TUN stand-in needing no privilege: a SOCK_SEQPACKET unix socketpair, which like a
+    TUN without a vnet header (offloads off) carries one IP packet per read and write.
+    fileno() is the end given to the data plane as its TUN; `peer` is the other, where the
+    caller writes the inner packets the host would send into the tunnel and reads those that
+    came out of it.  There is no interface to follow: it never moves, stays up at its MTU
+    (a test may set .mtu as `ip link set mtu` would), and has no link monitor."""
+
+    vnet_hdr = False
+
+    def __init__(self, name: str = "socktun", mtu: int = 1420) -> None:
+        self.name = name
+        self.mtu = mtu
+        self.txqueuelen = 0
+        self._end, self.peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self._end.setblocking(False)
+
+    def fileno(self) -> int:
+        return self._end.fileno()
+
+    def send(self, packet: bytes) -> None:
+        """One inner packet into the tunnel (what a TUN read would return)."""
+        self.peer.send(packet)
+
+    def recv(self, timeout: float = 5.0) -> bytes:
+        """The next inner packet out of the tunnel (what was written to the TUN)."""
+        self.peer.settimeout(timeout)
+        return self.peer.recv(1 << 16)
+
+    def set_offload(self, flags: int) -> None:
+        if flags:
+            raise OSError(errno.EINVAL, "a SocketTun has no offloads")
+
+    def follow(self) -> bool:
+        return False
+
+    def link_state(self) -> tuple[int, bool, int]:
+        return 0, True, self.mtu
+
+    def link_monitor(self) -> socket.socket | None:
+        return None
+
+    def close(self) -> None:
+        self._end.close()
+        self.peer.close()
+
+    def __enter__(self) -> SocketTun:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
