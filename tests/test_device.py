@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import pytest
 from support import inet_csum, needs_tun, netns, sh, until
 
-from wgfast import udp
+from wgfast import sockets
 from wgfast.device import Device
 from wgfast.lab.netns import inside
 from wgfast.noise import StaticIdentity
@@ -202,7 +202,7 @@ def udp_train(a: Side, b: Side) -> None:
     with rx, tx:
         rx.bind((INNER[1], 7777))
         rx.settimeout(5)
-        tx.setsockopt(udp.SOL_UDP, udp.UDP_SEGMENT, 64)    # 64-byte datagrams
+        tx.setsockopt(sockets.SOL_UDP, sockets.UDP_SEGMENT, 64)    # 64-byte datagrams
         before = _rx_packets(b.ns, b.dev.name)
         tx.sendto(payload[:64 * 40], (INNER[1], 7777))
         got = [rx.recv(2048) for _ in range(40)]

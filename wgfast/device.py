@@ -7,7 +7,7 @@ Its other rooms are mixins of Device, each in the file named for what it does:
   - wgfast.handshake: handshake intake and the timer actions (initiation, response,
     keepalive, staged packets);
   - wgfast.link: following the interface across namespaces (deleted, moved, MTU, up/down);
-and wgfast.udp holds its sockets, wgfast.peers its peer table.  This file keeps its lifetime,
+and wgfast.sockets holds its sockets, wgfast.peers its peer table.  This file keeps its lifetime,
 the control loop, the dispatch of events and the Python API.
 
 The control loop (asyncio, one thread) wakes for three reasons:
@@ -48,10 +48,10 @@ from wgfast.link import HOUSEKEEPING, LinkFollowing
 from wgfast.metrics import MetricsServer
 from wgfast.noise import StaticIdentity
 from wgfast.peers import PeerTable
+from wgfast.sockets import UdpSockets
 from wgfast.tun import SocketTun, Tun
 from wgfast.uapi import AllowedIpChange, DeviceSnapshot, SetRequest, parse_set
 from wgfast.uapi_server import UapiServer
-from wgfast.udp import UdpSockets
 
 __all__ = ["Device", "DeviceError", "Stats", "peer_name"]
 

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from wgfast.dataplane import DataPlane
     from wgfast.peer import IndexTable
     from wgfast.peers import PeerTable
-    from wgfast.udp import UdpSockets
+    from wgfast.sockets import UdpSockets
 
     T = TypeVar("T")
 

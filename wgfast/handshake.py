@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from wgfast.dataplane import DataPlane
     from wgfast.noise import StaticIdentity
     from wgfast.peers import PeerTable
-    from wgfast.udp import UdpSockets
+    from wgfast.sockets import UdpSockets
 
 
 log = logging.getLogger("wgfast")

@@ -1,4 +1,4 @@
-"""wgfast.udp: the device's UDP sockets.  The pair on one port and its options, the fwmark,
+"""wgfast.sockets: the device's UDP sockets.  The pair on one port and its options, the fwmark,
 and the control plane's handshake sends leaving from the sticky source (in a namespace of
 our own, as root) or, once that address is gone, from routing's choice."""
 
@@ -9,16 +9,16 @@ import socket
 import pytest
 from support import ADDRS, Multi, needs_tun, sh
 
-from wgfast import udp
+from wgfast import sockets
 from wgfast.endpoint import Endpoint
 from wgfast.lab.netns import inside
-from wgfast.udp import IP_PKTINFO
+from wgfast.sockets import IP_PKTINFO
 
 
 def test_loopback_pair_without_privilege() -> None:
     """Bound on loopback with fwmark 0 (no CAP_NET_ADMIN needed): one port for both
     families, the source-address option set, a send reaches its endpoint."""
-    s = udp.UdpSockets(offloads=False, host4="127.0.0.1", host6="::1")
+    s = sockets.UdpSockets(offloads=False, host4="127.0.0.1", host6="::1")
     s.swap(*s.open_pair(0, 0))
     try:
         assert s.port > 0 and s.sock4 is not None
@@ -41,7 +41,7 @@ def test_port_in_use_is_refused() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
         taken.bind(("127.0.0.1", 0))
         with pytest.raises(OSError):
-            udp.open_pair(taken.getsockname()[1], 0, False, "127.0.0.1", "::1")
+            sockets.open_pair(taken.getsockname()[1], 0, False, "127.0.0.1", "::1")
 
 
 # ---- sticky source of the control plane's handshake sends ------------------------------------
@@ -57,12 +57,12 @@ def test_handshake_sends_leave_from_the_sticky_source(multi: Multi, fam: int) ->
     remote = multi.remote[fam]
     for src, want in ((a, a), (b, b), (None, r)):
         ep = Endpoint(*multi.remote_ep(fam), src=(src, idx) if src else None)
-        assert udp.send(*socks, b"\x02hello", ep)
+        assert sockets.send(*socks, b"\x02hello", ep)
         data, frm = remote.recvfrom(100)
         assert (data, frm[0], frm[1]) == (b"\x02hello", want, multi.port(fam))
     sh("ip", "-n", multi.ns, f"-{fam}", "addr", "del", f"{a}/{32 if fam == 4 else 128}",
        "dev", "lo")
-    assert udp.send(*socks, b"\x02again", Endpoint(*multi.remote_ep(fam), src=(a, idx)))
+    assert sockets.send(*socks, b"\x02again", Endpoint(*multi.remote_ep(fam), src=(a, idx)))
     data, frm = remote.recvfrom(100)
     assert (data, frm[0]) == (b"\x02again", r)
 
@@ -70,7 +70,7 @@ def test_handshake_sends_leave_from_the_sticky_source(multi: Multi, fam: int) ->
 @needs_tun()
 def test_sockets_ask_for_the_local_address(multi: Multi) -> None:
     with inside(multi.ns):
-        s4, s6, port = udp.open_pair(0, 0, False)
+        s4, s6, port = sockets.open_pair(0, 0, False)
     try:
         assert s4 is not None and s6 is not None and port > 0
         assert s4.getsockopt(socket.IPPROTO_IP, IP_PKTINFO) == 1
