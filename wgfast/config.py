@@ -139,7 +139,7 @@ def _allowed_ip(item: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
         raise ValueError(f"bad address in AllowedIPs: {item!r}") from None
     if "%" in host:
         raise ValueError(f"AllowedIPs take no scope: {item!r}")
-    cidr = addr.max_prefixlen
+    cidr: int = addr.max_prefixlen
     if sep:
         cidr = _number(bits, addr.max_prefixlen, f"prefix length of {item!r}")
     return ipaddress.ip_network(f"{addr}/{cidr}", strict=False)
@@ -164,9 +164,10 @@ def _endpoint(value: str, resolve: bool) -> Endpoint:
     except (OSError, UnicodeError) as e:
         raise ValueError(f"cannot resolve Endpoint {host!r}: {e}") from None
     family, _, _, _, sa = infos[0]
-    addr = ipaddress.ip_address(sa[0])
-    if family == socket.AF_INET6 and sa[3]:
-        addr = ipaddress.ip_address(f"{sa[0].split('%')[0]}%{sa[3]}")
+    host_text = str(sa[0])
+    addr = ipaddress.ip_address(host_text)
+    if family == socket.AF_INET6 and len(sa) == 4 and sa[3]:
+        addr = ipaddress.ip_address(f"{host_text.split('%')[0]}%{sa[3]}")
     return Endpoint(addr, int(port))
 
 

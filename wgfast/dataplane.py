@@ -9,12 +9,19 @@ lets the rest of the package stay free of cffi.
 from __future__ import annotations
 
 import os
+import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 import nacl._sodium as _sodium
 import numpy as np
+import numpy.typing as npt
 
 from wgfast._native import ffi, lib
+
+# A cffi pointer or struct: cffi itself checks its C type when it is passed to C.
+CData = Any
 
 __all__ = [
     "ffi",
@@ -114,10 +121,18 @@ DROP_REASONS: dict[int, str] = {getattr(lib, n): n[len("WG_DROP_"):].lower() for
                                 if n.startswith("WG_DROP_") and n != "WG_DROP_NREASONS"}
 
 
-def _view(ptr: object, ctype: str, n: int, dtype: np.dtype | str) -> np.ndarray:
+def _c_array(cdecl: str, arr: np.ndarray, writable: bool = False) -> CData:
+    """A C array over a numpy array's memory, no copy (the array must outlive the call)."""
+    # numpy's stubs treat arrays as buffers only from Python 3.12 (PEP 688).
+    return ffi.from_buffer(cdecl, arr, require_writable=writable)  # type: ignore[call-overload]
+
+
+def _view(ptr: CData, ctype: str, n: int, dtype: npt.DTypeLike) -> np.ndarray:
     """A numpy array over C memory: no copy, lives as long as the C allocation."""
     dt = np.dtype(dtype)
-    return np.frombuffer(ffi.buffer(ffi.cast(ctype, ptr), n * dt.itemsize), dtype=dt)
+    # numpy's stubs accept cffi buffers as buffers only from Python 3.12 (PEP 688).
+    return np.frombuffer(ffi.buffer(ffi.cast(ctype, ptr), n * dt.itemsize),  # type: ignore[call-overload]
+                         dtype=dt)
 
 
 class Ring:
@@ -132,7 +147,7 @@ class Ring:
         r = lib.wg_ring_new(nslots, data_cap)
         if r == ffi.NULL:
             raise ValueError(f"cannot allocate a ring of {nslots} x {data_cap} bytes")
-        self._r = r
+        self._r: CData = r
         self.nslots = int(r.nslots)
         self.slot_size = int(r.slot_size)
         self.data_cap = int(r.data_cap)
@@ -148,7 +163,7 @@ class Ring:
         self.addr = _view(r.addr, "wg_addr *", n, ADDR_DTYPE)
 
     @property
-    def ptr(self) -> object:
+    def ptr(self) -> CData:
         """The wg_ring * to pass to C."""
         if self._r is None:
             raise ValueError("ring is closed")
@@ -277,7 +292,7 @@ from wgfast.messages import AF_INET, AF_INET6  # noqa: E402
 Sticky = Endpoint       # its former name here (an Endpoint with a source)
 
 
-def addr_to_c(endpoint: tuple[str, int] | None, out: object) -> None:
+def addr_to_c(endpoint: tuple[str, int] | None, out: CData) -> None:
     """Fill a wg_addr from an Endpoint (with its source, if any), or from any (host, port)
     pair (no source); None clears."""
     ffi.memmove(out, bytes(ffi.sizeof("wg_addr")), ffi.sizeof("wg_addr"))
@@ -329,7 +344,7 @@ def pack_endpoints(endpoints: list[Endpoint]) -> np.ndarray:
     return out
 
 
-def addr_from_c(a: object) -> Endpoint | None:
+def addr_from_c(a: CData) -> Endpoint | None:
     if a.family == AF_INET:
         raw = bytes(a.src[0:4])
         src = (str(ipaddress.IPv4Address(raw)), 0) if any(raw) else None
@@ -368,7 +383,7 @@ class DataPlane:
         self.batches = _view(lib.wg_dp_batches(self._dp), "uint8_t *", 2 * lib.WG_BATCH_STRIDE,
                              "<u8").reshape(2, lib.WG_BATCH_STRIDE)
         self._addr = ffi.new("wg_addr *")
-        self._threads: list[object] = []
+        self._threads: list[threading.Thread] = []
         init_handshake_crypto()
         self._ev_max = 256
         self._evs = ffi.new("wg_event[]", self._ev_max)
@@ -410,7 +425,7 @@ class DataPlane:
         return True
 
     @property
-    def handle(self) -> object:
+    def handle(self) -> CData:
         return self._dp
 
     def set_mtu(self, mtu: int) -> None:
@@ -435,15 +450,15 @@ class DataPlane:
     def set_endpoints(self, peers: list[int], addrs: np.ndarray) -> None:
         """Endpoints of many peers in one call; addrs from pack_endpoints."""
         ids = np.asarray(peers, dtype=np.uint32)
-        lib.wg_peer_set_endpoints(self._dp, ffi.from_buffer("uint32_t[]", ids),
-                                  ffi.from_buffer("wg_addr[]", addrs), len(peers))
+        lib.wg_peer_set_endpoints(self._dp, _c_array("uint32_t[]", ids),
+                                  _c_array("wg_addr[]", addrs), len(peers))
 
     def get_endpoints(self, peers: np.ndarray) -> np.ndarray:
         """The endpoints of many peers (ADDR_LAYOUT records; family 0 = none)."""
         ids = np.ascontiguousarray(peers, dtype=np.uint32)
         out = np.zeros(len(ids), dtype=ADDR_LAYOUT)
-        lib.wg_peer_get_endpoints(self._dp, ffi.from_buffer("uint32_t[]", ids),
-                                  ffi.from_buffer("wg_addr[]", out, require_writable=True),
+        lib.wg_peer_get_endpoints(self._dp, _c_array("uint32_t[]", ids),
+                                  _c_array("wg_addr[]", out, writable=True),
                                   len(ids))
         return out
 
@@ -470,14 +485,15 @@ class DataPlane:
         return int(out[0]) if lib.wg_keypair_current(self._dp, peer, out) == 0 else None
 
     # allowed IPs
-    def aip_insert(self, peer: int, network: object) -> None:
+    def aip_insert(self, peer: int, network: ipaddress.IPv4Network | ipaddress.IPv6Network
+                   ) -> None:
         fam = lib.WG_AF_INET if network.version == 4 else lib.WG_AF_INET6
         r = lib.wg_aip_insert(self._dp, fam, network.network_address.packed, network.prefixlen,
                               peer)
         if r != 0:
             raise OSError(-r, f"wg_aip_insert failed ({r})")
 
-    def aip_remove(self, network: object) -> None:
+    def aip_remove(self, network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> None:
         fam = lib.WG_AF_INET if network.version == 4 else lib.WG_AF_INET6
         lib.wg_aip_remove(self._dp, fam, network.network_address.packed, network.prefixlen)
 
@@ -509,7 +525,7 @@ class DataPlane:
             raise OSError(-r, f"wg_aip_remove_many failed ({r})")
         return list(ffi.unpack(prev, n))
 
-    def aip_lookup(self, address: object) -> int | None:
+    def aip_lookup(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> int | None:
         fam = lib.WG_AF_INET if address.version == 4 else lib.WG_AF_INET6
         r = lib.wg_aip_lookup(self._dp, fam, address.packed)
         return None if r < 0 else int(r)
@@ -526,7 +542,7 @@ class DataPlane:
                    ) -> list[tuple[int, int, int, Endpoint | None, bytes]]:
         """Control events first, then handshake messages, at most max_events of them:
         (type, peer, receiver, source, data)."""
-        out = []
+        out: list[tuple[int, int, int, Endpoint | None, bytes]] = []
         while len(out) < max_events:
             want = min(self._ev_max, max_events - len(out))
             n = lib.wg_events_pop(self._dp, self._evs, self._ev_data, self._ev_stride, want)
@@ -624,10 +640,8 @@ class DataPlane:
 
     def start(self, tun_fd: int, udp4_fd: int, udp6_fd: int) -> None:
         """Start the send thread and one receive thread per socket (-1 = no such socket)."""
-        import threading
-
         lib.wg_dp_set_fds(self._dp, tun_fd, udp4_fd, udp6_fd)
-        targets: list[tuple[object, tuple[object, ...]]] = [(lib.wg_run_send, (self._dp,))]
+        targets: list[tuple[Callable[..., Any], tuple[Any, ...]]] = [(lib.wg_run_send, (self._dp,))]
         targets += [(lib.wg_run_receive, (self._dp, fd)) for fd in (udp4_fd, udp6_fd) if fd >= 0]
         for fn, args in targets:
             t = threading.Thread(target=fn, args=args, daemon=True, name="wgfast-dataplane")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 import gc
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -63,7 +63,7 @@ def _trim_heap() -> None:
         _libc.malloc_trim(0)
 
 
-_libc: object = None
+_libc: Any = None     # ctypes.CDLL once loaded; False where libc has no malloc_trim
 
 
 class _ApplyBatch:
@@ -246,7 +246,7 @@ class Configuration:
                 last_handshake_time_nsec=int(round((wall - sec) * 1e9)) if sec else 0,
             ))
         return DeviceSnapshot(
-            private_key=self.identity.private if self.identity else ZERO_KEY,
+            private_key=bytes(self.identity.private) if self.identity else ZERO_KEY,
             listen_port=self.listen_port, fwmark=self.fwmark, peers=peers)
 
     GET_BLOCK = 512             # peers per piece of a streamed get reply

@@ -17,6 +17,7 @@ import os
 import socket
 import stat
 import time
+from collections.abc import Awaitable
 from typing import Protocol, runtime_checkable
 
 from wgfast.uapi import (
@@ -46,9 +47,9 @@ class UapiSocketInUse(OSError):
 class UapiHandler(Protocol):
     """What the server drives: the device.  Either method may also be a coroutine."""
 
-    def uapi_get(self) -> DeviceSnapshot: ...
+    def uapi_get(self) -> DeviceSnapshot | Awaitable[DeviceSnapshot]: ...
 
-    def uapi_set(self, req: SetRequest) -> None: ...
+    def uapi_set(self, req: SetRequest) -> Awaitable[None] | None: ...
 
 # A handler may also offer uapi_get_chunks() -> Iterable[str]: the get reply (ending with
 # errno=0 and the blank line) in pieces, which the server then streams.

@@ -87,9 +87,9 @@ def run(args: argparse.Namespace, out: TextIO = sys.stderr) -> int:
     t0 = time.monotonic()
     try:
         with Topology(args.prefix) as topo:
-            for name, impl in targets:
+            for name, target in targets:
                 try:
-                    measure_target(topo, name, impl, settings, results, progress)
+                    measure_target(topo, name, target, settings, results, progress)
                     results.targets.append(name)
                 except Exception as e:  # noqa: BLE001 - one broken daemon must not sink the rest
                     results.notes.append(f"{name} failed: {e}")

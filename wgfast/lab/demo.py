@@ -63,6 +63,7 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
                 f"({topo.a.addr4} <-> {topo.b.addr4})")
             t0 = time.monotonic()
             tun = make_tunnel(topo, impl_a, impl_b)
+            assert tun.b.public_key     # make_tunnel keys both ends
             say(f"peer A: {impl_a.name} on {tun.a.iface} ({INNER4[0]}, {INNER6[0]}), "
                 f"pid {tun.a.pid}")
             say(f"peer B: {impl_b.name} on {tun.b.iface} ({INNER4[1]}, {INNER6[1]}), "

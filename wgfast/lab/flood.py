@@ -99,6 +99,7 @@ def run_flood(topo: Topology, impl: Implementation, mode: str, rate: float,
     seconds = settle + wait + hold + 5
     tun = make_tunnel(topo, impl, impl, psk=False)
     a, b = tun.a, tun.b
+    assert a.public_key and b.public_key    # make_tunnel keys both ends
     res = FloodResult(mode, rate)
     proc = None
     try:
@@ -140,4 +141,5 @@ def run_flood(topo: Topology, impl: Implementation, mode: str, rate: float,
 def _confirmed(victim: WireGuard, peer: WireGuard, timeout: float = 10.0) -> bool:
     """The victim recorded a handshake with peer: as responder it does so only when its
     keypair is confirmed by data, so the control flag made it through."""
+    assert peer.public_key
     return victim.wait_handshake(peer.public_key, timeout) > 0
