@@ -313,16 +313,16 @@ def test_allowed_ip_minus_prefix_removes_one(two: tuple[Side, Side]) -> None:
 
 
 @pytest.fixture
-def loop_pair(tmp_path: object) -> Iterator[tuple[LoopSide, LoopSide]]:
+def loop_devices(tmp_path: object) -> Iterator[tuple[LoopSide, LoopSide]]:
     with loop_device(str(tmp_path), "lpa") as a, loop_device(str(tmp_path), "lpb") as b:
         yield a, b
 
 
 def test_loopback_devices_handshake_and_carry_packets_both_ways(
-        loop_pair: tuple[LoopSide, LoopSide]) -> None:
+        loop_devices: tuple[LoopSide, LoopSide]) -> None:
     """The first packet waits (staged in C) for a real handshake over loopback UDP, then
     crosses; the answer crosses back on the session; both sides count the handshake."""
-    a, b = loop_pair
+    a, b = loop_devices
     assert a.dev.tun_uso is False and a.dev.udp_gro is False     # a SocketTun: no offloads
     join(a, b)
     out = [inner_udp(LOOP_INNER[0], LOOP_INNER[1], bytes([k]) * (100 + k)) for k in range(5)]
@@ -343,10 +343,10 @@ def test_loopback_devices_handshake_and_carry_packets_both_ways(
     assert b.dev.drops()["allowed_ips"] == before
 
 
-def test_loopback_persistent_keepalive(loop_pair: tuple[LoopSide, LoopSide]) -> None:
+def test_loopback_persistent_keepalive(loop_devices: tuple[LoopSide, LoopSide]) -> None:
     """persistent_keepalive=1: a handshake at once, then a keepalive (an empty transport
     message, 32 bytes) about every second with no traffic; none reaches the far TUN."""
-    a, b = loop_pair
+    a, b = loop_devices
     join(a, b, keepalive=1)
     assert until(lambda: b.dev.stats()[0].last_handshake is not None, 10)
     rx0 = b.dev.stats()[0].rx_bytes
@@ -356,10 +356,10 @@ def test_loopback_persistent_keepalive(loop_pair: tuple[LoopSide, LoopSide]) -> 
         b.tun.peer.recv(2048)
 
 
-def test_loopback_uapi_get_set_round_trip(loop_pair: tuple[LoopSide, LoopSide]) -> None:
+def test_loopback_uapi_get_set_round_trip(loop_devices: tuple[LoopSide, LoopSide]) -> None:
     """The UAPI socket at a path of our choosing: a set, then a get that reports it (and the
     handshake it led to), as wireguard-go's protocol has it."""
-    a, b = loop_pair
+    a, b = loop_devices
     b.dev.add_peer(a.me.public, allowed_ips=[f"{LOOP_INNER[0]}/32"])
     reply = uapi_raw(a.uapi, f"set=1\npublic_key={b.me.public.hex()}\n"
                              f"endpoint=127.0.0.1:{b.dev.listen_port}\n"
