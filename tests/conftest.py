@@ -1,18 +1,26 @@
 """Fixtures shared by several test files: the namespace topologies of real daemons (`topo`),
 the data-plane benches (`plane` on a real TUN, `loop_plane` / `loop_plane46` on the TUN stand-in,
-`loop_pair`) and `multi` (sticky sources).  Helpers live in support.py."""
+`loop_pair`), `multi` (sticky sources), a namespace and an interface name for a daemon (`ns`,
+`iface`) and a tunnel of two daemons serving metrics (`metrics_tunnel`).  Helpers live in
+support.py, support_daemon.py, support_device.py and support_protocol.py."""
 
 from __future__ import annotations
 
 import ipaddress
 import os
+import secrets
 import socket
 import time
 from collections.abc import Iterator
 
 import pytest
-from hypothesis import settings
-from support import (
+
+# Assertions that moved from test files into the support modules keep pytest's introspection;
+# registering has to come before their first import, which is this file's.
+pytest.register_assert_rewrite("support", "support_daemon", "support_device", "support_protocol")
+
+from hypothesis import settings  # noqa: E402
+from support import (  # noqa: E402
     ADDRS,
     COOKIE_KEY,
     IP_PKTINFO,
@@ -26,16 +34,19 @@ from support import (
     Multi,
     Plane,
     loopback_pair,
+    netns,
     netns_unavailable,
+    require_impl,
     seqpacket_plane,
     sh,
     tun_plane,
     tun_unavailable,
 )
+from support_daemon import WGFAST_METRICS, daemon_name  # noqa: E402
 
-from wgfast.dataplane import DataPlane
-from wgfast.lab.netns import Topology, inside
-from wgfast.tun import Tun
+from wgfast.dataplane import DataPlane  # noqa: E402
+from wgfast.lab.netns import INNER4, Topology, Tunnel, inside, make_tunnel  # noqa: E402
+from wgfast.tun import Tun  # noqa: E402
 
 # CI machines are shared and 2-core: a slow example is load, not a bug, so no per-example deadline.
 settings.register_profile("wgfast", deadline=None)
@@ -139,3 +150,29 @@ def multi_fixture() -> Iterator[Multi]:
         if tun is not None:
             tun.close()
         sh("ip", "netns", "del", ns, check=False)
+
+
+@pytest.fixture
+def ns() -> Iterator[str]:
+    """A namespace of our own for a daemon (root)."""
+    with netns("h6dns" + secrets.token_hex(2)) as name:
+        yield name
+
+
+@pytest.fixture
+def iface() -> Iterator[str]:
+    """A unique interface name; any daemon still serving it afterwards is stopped."""
+    with daemon_name() as name:
+        yield name
+
+
+@pytest.fixture
+def metrics_tunnel(topo: Topology) -> Iterator[Tunnel]:
+    """Two wgfast daemons in `topo`, each serving metrics on 127.0.0.1:METRICS_PORT of its
+    namespace, with traffic through the tunnel between them."""
+    require_impl("wgfast")
+    tun = make_tunnel(topo, WGFAST_METRICS, WGFAST_METRICS)
+    assert topo.a.wait_ping(INNER4[1]), "no traffic through the tunnel"
+    yield tun
+    for d in tun.pair:
+        assert d.alive(), d.log()

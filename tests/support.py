@@ -5,7 +5,9 @@ TUN -- a real one in a namespace (root), or a SOCK_SEQPACKET socketpair standing
 root) -- with real UDP sockets, a keypair installed and a "remote" socket playing the peer.
 
 The fixtures built from these live in conftest.py.  Kept in one module over ~400 lines because
-it is one thing: the bench every data-plane test stands on.
+it is one thing: the bench every data-plane test stands on.  Its siblings, split by concept:
+support_device.py (in-process Devices), support_daemon.py (wgfast-daemon as a process, its
+metrics) and support_protocol.py (the protocol core without I/O).
 """
 
 from __future__ import annotations

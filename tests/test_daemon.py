@@ -1,5 +1,7 @@
 """wgfast-daemon's command line, as wg-quick and users meet it: the same shape as wireguard-go's,
-foreground and detached runs inside a namespace of our own, the ways it ends, and its log."""
+foreground and detached runs inside a namespace of our own, the ways it ends, and its log.
+The fixtures `ns` and `iface` are in conftest.py, the helpers shared with test_systemd in
+support_daemon.py."""
 
 from __future__ import annotations
 
@@ -16,7 +18,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import needs_netns, needs_tun, netns, sh, until
+from support import needs_netns, netns, sh, until
+from support_daemon import (
+    DAEMON,
+    ROOT,
+    daemon_name,
+    daemon_pids,
+    env,
+    needs_wg,
+    scrape,
+    sock_live,
+    sock_path,
+    value,
+)
 
 from wgfast import daemon
 from wgfast.lab.netns import (
@@ -32,85 +46,15 @@ from wgfast.lab.netns import (
 )
 from wgfast.uapi_server import SOCKET_DIR
 
-ROOT = Path(__file__).resolve().parent.parent
-DAEMON = [sys.executable, "-m", "wgfast.daemon"]
-
-needs_root = needs_tun("wg")
-
-
-def env(**extra: str) -> dict[str, str]:
-    e = {k: v for k, v in os.environ.items()
-         if k not in ("LOG_LEVEL", "WG_PROCESS_FOREGROUND")}
-    e["PYTHONPATH"] = str(ROOT)
-    e.update(extra)
-    return e
-
-
-def sock_path(iface: str) -> Path:
-    return Path(SOCKET_DIR) / f"{iface}.sock"
-
-
-def daemon_pids(iface: str) -> list[int]:
-    """PIDs of wgfast daemons for this (unique, random) interface name: the ones we started."""
-    out = []
-    for p in Path("/proc").iterdir():
-        if not p.name.isdigit():
-            continue
-        try:
-            argv = (p / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"wgfast.daemon" in argv and iface.encode() in argv:
-            out.append(int(p.name))
-    return out
-
-
-def sock_live(iface: str) -> bool:
-    """Something accepts connections on the interface's UAPI socket."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        s.connect(str(sock_path(iface)))
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
-
 
 def link_exists(ns: str, iface: str) -> bool:
     return subprocess.run(["ip", "-n", ns, "link", "show", "dev", iface],
                           capture_output=True).returncode == 0
 
 
-@contextlib.contextmanager
-def daemon_name() -> Iterator[str]:
-    """A unique interface name; whatever daemon still serves it afterwards is stopped."""
-    name = "h6d" + secrets.token_hex(3)
-    try:
-        yield name
-    finally:
-        for pid in daemon_pids(name):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(FileNotFoundError):
-            sock_path(name).unlink()
-
-
-@pytest.fixture
-def iface() -> Iterator[str]:
-    with daemon_name() as name:
-        yield name
-
-
 @pytest.fixture
 def iface2() -> Iterator[str]:
     with daemon_name() as name:
-        yield name
-
-
-@pytest.fixture
-def ns() -> Iterator[str]:
-    with netns("h6dns" + secrets.token_hex(2)) as name:
         yield name
 
 
@@ -192,7 +136,7 @@ def test_not_root_refused() -> None:
 
 # ---- running ---------------------------------------------------------------------------------
 
-@needs_root
+@needs_wg
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_foreground_signal_cleans_up(ns: str, iface: str, sig: int) -> None:
     proc = start_foreground(ns, iface)
@@ -207,7 +151,7 @@ def test_foreground_signal_cleans_up(ns: str, iface: str, sig: int) -> None:
     assert not sock_path(iface).exists() and not link_exists(ns, iface)
 
 
-@needs_root
+@needs_wg
 def test_detached_returns_with_socket_and_exits_when_socket_deleted(ns: str, iface: str) -> None:
     r = run_detached(ns, iface)
     assert r.returncode == 0, r.stderr
@@ -223,7 +167,7 @@ def test_detached_returns_with_socket_and_exits_when_socket_deleted(ns: str, ifa
     assert not link_exists(ns, iface)
 
 
-@needs_root
+@needs_wg
 def test_detached_exits_when_interface_deleted(ns: str, iface: str) -> None:
     assert run_detached(ns, iface).returncode == 0
     assert daemon_pids(iface)
@@ -232,7 +176,7 @@ def test_detached_exits_when_interface_deleted(ns: str, iface: str) -> None:
     assert not sock_path(iface).exists()
 
 
-@needs_root
+@needs_wg
 def test_stale_socket_replaced(ns: str, iface: str) -> None:
     os.makedirs(SOCKET_DIR, exist_ok=True)
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -252,7 +196,7 @@ def test_stale_socket_replaced(ns: str, iface: str) -> None:
     assert proc.returncode == 0
 
 
-@needs_root
+@needs_wg
 @pytest.mark.parametrize("foreground", [True, False])
 def test_live_socket_refused(ns: str, ns2: str, iface: str, foreground: bool) -> None:
     """Another daemon already serves this name (in another namespace): refused with a clear
@@ -274,7 +218,7 @@ def test_live_socket_refused(ns: str, ns2: str, iface: str, foreground: bool) ->
     assert first.returncode == 0
 
 
-@needs_root
+@needs_wg
 def test_verbose_log_never_shows_keys(ns: str, iface: str) -> None:
     priv = subprocess.run(["wg", "genkey"], capture_output=True, text=True,
                           check=True).stdout.strip()
@@ -353,7 +297,7 @@ def _kept(before: tuple[int, int, int], after: tuple[int, int, int]) -> bool:
             and (after[1] - before[1]) % 32 == 0 and (after[2] - before[2]) % 32 == 0)
 
 
-@needs_root
+@needs_wg
 def test_wg_quick_syncconf_keeps_unchanged_peers_and_save_round_trips(topo: Topology) -> None:
     """Two peers (b, c) behind wg-quick on a; change c's allowed IPs in the file and run what
     `systemctl reload wg-quick@` runs: b keeps its session and counters, c gets its new
@@ -425,15 +369,13 @@ def test_wg_quick_syncconf_keeps_unchanged_peers_and_save_round_trips(topo: Topo
 
 def _handshakes(ns: str, iface: str, public_key: str) -> float:
     """Handshakes completed with one peer, from the daemon's metrics."""
-    from test_metrics import scrape, value
-
     return value(scrape(ns), "wgfast_peer_handshakes_total", interface=iface,
                  public_key=public_key)
 
 
 # ---- --metrics --------------------------------------------------------------------------------
 
-@needs_root
+@needs_wg
 def test_metrics_flag_serves_in_the_daemons_namespace(ns: str, iface: str) -> None:
     import urllib.request
 
@@ -497,7 +439,7 @@ def ns_ping(ns: str, addr: str, *extra: str) -> subprocess.CompletedProcess[str]
                            *extra, addr], capture_output=True, text=True, timeout=30)
 
 
-@needs_root
+@needs_wg
 def test_interface_moved_to_another_namespace(ns: str, ns2: str, ns3: str, iface: str,
                                               iface2: str) -> None:
     """As wireguard-go's netns.sh: both daemons start in ns (their UDP sockets stay there,
@@ -543,7 +485,7 @@ def test_interface_moved_to_another_namespace(ns: str, ns2: str, ns3: str, iface
     assert daemon_pids(iface2)              # the other one is untouched
 
 
-@needs_root
+@needs_wg
 def test_restart_right_after_delete(ns: str, iface: str) -> None:
     """`ip link del wg0; wgfast-daemon wg0`: the old daemon notices the deletion at once and
     lets go of its UAPI socket, the new one waits for that instead of failing."""

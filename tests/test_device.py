@@ -8,57 +8,38 @@ semantics are in test_device_config.py."""
 from __future__ import annotations
 
 import base64
-import contextlib
 import ipaddress
 import os
 import secrets
 import socket
-import struct
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
-from support import inet_csum, needs_tun, netns, sh, until
+from support import needs_tun, netns, sh, until
+from support_device import (
+    INNER,
+    LOOP_INNER,
+    UNDER,
+    LoopSide,
+    Side,
+    device_in,
+    inner_udp,
+    join,
+    loop_device,
+    pair,
+    ping,
+)
 
 from wgfast import sockets
-from wgfast.device import Device
 from wgfast.lab.netns import inside
 from wgfast.noise import StaticIdentity
-from wgfast.tun import SocketTun
 
 root = needs_tun("ping")       # the tests in namespaces of their own; those on loopback need none
-
-UNDER = ("10.66.1.1", "10.66.1.2")      # veth
-INNER = ("10.66.2.1", "10.66.2.2")      # tunnel
 
 
 def link_exists(ns: str, name: str) -> bool:
     return sh("ip", "-n", ns, "link", "show", "dev", name, check=False).returncode == 0
-
-
-@contextlib.contextmanager
-def device_in(ns: str, name: str) -> Iterator[Device]:
-    """A started Device whose TUN, sockets and threads live in namespace ns."""
-    dev = Device(name)
-    try:
-        with inside(ns):
-            dev.open()
-            dev.start()         # the control loop thread stays in ns (interface checks)
-        yield dev
-    finally:
-        dev.close()
-
-
-@dataclass
-class Side:
-    ns: str
-    dev: Device
-    me: StaticIdentity
-
-    @property
-    def peer_id(self) -> int:
-        return next(iter(self.dev.by_id))
 
 
 @pytest.fixture
@@ -74,31 +55,6 @@ def one() -> Iterator[Side]:
 def two() -> Iterator[tuple[Side, Side]]:
     with pair() as sides:
         yield sides
-
-
-@contextlib.contextmanager
-def pair() -> Iterator[tuple[Side, Side]]:
-    tag = secrets.token_hex(2)
-    with netns(f"h6a{tag}") as na, netns(f"h6b{tag}") as nb:
-        sh("ip", "link", "add", f"h6va{tag}", "netns", na, "type", "veth", "peer", "name",
-           f"h6vb{tag}", "netns", nb)
-        for ns, veth, addr in ((na, f"h6va{tag}", UNDER[0]), (nb, f"h6vb{tag}", UNDER[1])):
-            sh("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", veth)
-            sh("ip", "-n", ns, "link", "set", veth, "up")
-        with device_in(na, f"h6wa{tag}") as da, device_in(nb, f"h6wb{tag}") as db:
-            sides = []
-            for ns, dev, addr in ((na, da, INNER[0]), (nb, db, INNER[1])):
-                me = StaticIdentity.generate()
-                dev.configure(private_key=me.private)
-                sh("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", dev.name)
-                sh("ip", "-n", ns, "link", "set", dev.name, "up")
-                sides.append(Side(ns, dev, me))
-            yield sides[0], sides[1]
-
-
-def ping(ns: str, addr: str, count: int = 3) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", "netns", "exec", ns, "ping", "-c", str(count), "-i", "0.2",
-                           "-W", "3", addr], capture_output=True, text=True, timeout=30)
 
 
 @root
@@ -355,56 +311,18 @@ def test_allowed_ip_minus_prefix_removes_one(two: tuple[Side, Side]) -> None:
 
 # ---- without root: devices on SocketTuns, joined over loopback UDP ---------------------------
 
-LOOP_INNER = ("10.67.0.1", "10.67.0.2")
-
-
-@dataclass
-class LoopSide:
-    dev: Device
-    tun: SocketTun
-    me: StaticIdentity
-    uapi: str
-
-
-def inner_udp(src: str, dst: str, payload: bytes) -> bytes:
-    """An IPv4/UDP packet as the host would route it into the tunnel (UDP checksum 0)."""
-    udp = struct.pack("!HHHH", 40000, 7, 8 + len(payload), 0) + payload
-    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, socket.IPPROTO_UDP,
-                      0, socket.inet_aton(src), socket.inet_aton(dst))
-    return hdr[:10] + struct.pack("!H", inet_csum(hdr)) + hdr[12:] + udp
-
-
-@contextlib.contextmanager
-def loop_device(tmp: str, name: str) -> Iterator[LoopSide]:
-    tun = SocketTun(name)
-    path = os.path.join(tmp, f"{name}.sock")
-    dev = Device(name, tun=tun, listen=("127.0.0.1", "::1"), uapi_path=path)
-    try:
-        dev.start()
-        me = StaticIdentity.generate()
-        dev.configure(private_key=me.private)
-        yield LoopSide(dev, tun, me, path)
-    finally:
-        dev.close()
-
 
 @pytest.fixture
-def loop_pair(tmp_path: object) -> Iterator[tuple[LoopSide, LoopSide]]:
+def loop_devices(tmp_path: object) -> Iterator[tuple[LoopSide, LoopSide]]:
     with loop_device(str(tmp_path), "lpa") as a, loop_device(str(tmp_path), "lpb") as b:
         yield a, b
 
 
-def join(a: LoopSide, b: LoopSide, keepalive: int | None = None) -> None:
-    a.dev.add_peer(b.me.public, endpoint=f"127.0.0.1:{b.dev.listen_port}",
-                   allowed_ips=[f"{LOOP_INNER[1]}/32"], persistent_keepalive=keepalive)
-    b.dev.add_peer(a.me.public, allowed_ips=[f"{LOOP_INNER[0]}/32"])     # learns a's endpoint
-
-
 def test_loopback_devices_handshake_and_carry_packets_both_ways(
-        loop_pair: tuple[LoopSide, LoopSide]) -> None:
+        loop_devices: tuple[LoopSide, LoopSide]) -> None:
     """The first packet waits (staged in C) for a real handshake over loopback UDP, then
     crosses; the answer crosses back on the session; both sides count the handshake."""
-    a, b = loop_pair
+    a, b = loop_devices
     assert a.dev.tun_uso is False and a.dev.udp_gro is False     # a SocketTun: no offloads
     join(a, b)
     out = [inner_udp(LOOP_INNER[0], LOOP_INNER[1], bytes([k]) * (100 + k)) for k in range(5)]
@@ -425,10 +343,10 @@ def test_loopback_devices_handshake_and_carry_packets_both_ways(
     assert b.dev.drops()["allowed_ips"] == before
 
 
-def test_loopback_persistent_keepalive(loop_pair: tuple[LoopSide, LoopSide]) -> None:
+def test_loopback_persistent_keepalive(loop_devices: tuple[LoopSide, LoopSide]) -> None:
     """persistent_keepalive=1: a handshake at once, then a keepalive (an empty transport
     message, 32 bytes) about every second with no traffic; none reaches the far TUN."""
-    a, b = loop_pair
+    a, b = loop_devices
     join(a, b, keepalive=1)
     assert until(lambda: b.dev.stats()[0].last_handshake is not None, 10)
     rx0 = b.dev.stats()[0].rx_bytes
@@ -438,10 +356,10 @@ def test_loopback_persistent_keepalive(loop_pair: tuple[LoopSide, LoopSide]) -> 
         b.tun.peer.recv(2048)
 
 
-def test_loopback_uapi_get_set_round_trip(loop_pair: tuple[LoopSide, LoopSide]) -> None:
+def test_loopback_uapi_get_set_round_trip(loop_devices: tuple[LoopSide, LoopSide]) -> None:
     """The UAPI socket at a path of our choosing: a set, then a get that reports it (and the
     handshake it led to), as wireguard-go's protocol has it."""
-    a, b = loop_pair
+    a, b = loop_devices
     b.dev.add_peer(a.me.public, allowed_ips=[f"{LOOP_INNER[0]}/32"])
     reply = uapi_raw(a.uapi, f"set=1\npublic_key={b.me.public.hex()}\n"
                              f"endpoint=127.0.0.1:{b.dev.listen_port}\n"

@@ -9,7 +9,7 @@ import socket
 from collections.abc import Iterator
 
 import pytest
-from test_device import LoopSide, loop_device
+from support_device import LoopSide, loop_device
 
 from wgfast.noise import StaticIdentity
 from wgfast.uapi import UapiError

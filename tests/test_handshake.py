@@ -9,8 +9,8 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from test_dataplane import until
-from test_device import LOOP_INNER, LoopSide, inner_udp, join, loop_device
+from support import until
+from support_device import LOOP_INNER, LoopSide, inner_udp, join, loop_device
 
 from wgfast.cookie import CookieState
 from wgfast.handshake import peer_name

@@ -11,64 +11,16 @@ import urllib.request
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from support import needs_netns, require_impl
+from support import needs_netns
+from support_daemon import scrape, send_udp, value
 
 from wgfast.dataplane import DROP_REASONS, lib
-from wgfast.lab.netns import (
-    INNER4,
-    WGFAST,
-    Implementation,
-    Topology,
-    inside,
-    key_to_hex,
-    make_tunnel,
-)
+from wgfast.lab.netns import INNER4, Topology, inside, key_to_hex
 from wgfast.metrics import HANDSHAKE_OUTCOMES, LatencyHistogram, parse_address
 
-METRICS_PORT = 9586
-WGFAST_METRICS = Implementation("wgfast-metrics", WGFAST.argv,
-                                env={"WGFAST_METRICS": f"127.0.0.1:{METRICS_PORT}"})
 
-
-def scrape(ns: str, port: int = METRICS_PORT) -> dict[str, list[tuple[dict[str, str], float]]]:
-    """GET /metrics from inside namespace ns; samples by name."""
-    with inside(ns):
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
-            assert r.status == 200
-            text = r.read().decode()
-    out: dict[str, list[tuple[dict[str, str], float]]] = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            out.setdefault(s.name, []).append((s.labels, s.value))
-    out["__text__"] = [({"text": text}, 0.0)]
-    return out
-
-
-def value(m: dict, name: str, **labels: str) -> float:
-    hits = [v for lab, v in m.get(name, []) if all(lab.get(k) == x for k, x in labels.items())]
-    assert len(hits) == 1, (name, labels, m.get(name))
-    return hits[0]
-
-
-def send_udp(ns: str, dest: str, n: int, size: int) -> None:
-    with inside(ns):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            for _ in range(n):
-                s.sendto(b"m" * size, (dest, 9))
-
-
-@pytest.fixture(name="tunnel")
-def tunnel_fixture(topo: Topology):
-    require_impl("wgfast")
-    tun = make_tunnel(topo, WGFAST_METRICS, WGFAST_METRICS)
-    assert topo.a.wait_ping(INNER4[1]), "no traffic through the tunnel"
-    yield tun
-    for d in tun.pair:
-        assert d.alive(), d.log()
-
-
-def test_scrape_counts_the_bytes_sent(tunnel, topo: Topology) -> None:
-    a, b = tunnel.pair
+def test_scrape_counts_the_bytes_sent(metrics_tunnel, topo: Topology) -> None:
+    a, b = metrics_tunnel.pair
     pub_a = a.public_key
     pub_b = b.public_key
     before_a, before_b = scrape(topo.a.name), scrape(topo.b.name)
@@ -123,8 +75,8 @@ def test_scrape_counts_the_bytes_sent(tunnel, topo: Topology) -> None:
     assert info[0]["aead"] and info[0]["interface"] == a.iface
 
 
-def test_every_reason_and_outcome_and_no_secret(tunnel, topo: Topology) -> None:
-    a, _ = tunnel.pair
+def test_every_reason_and_outcome_and_no_secret(metrics_tunnel, topo: Topology) -> None:
+    a, _ = metrics_tunnel.pair
     m = scrape(topo.a.name)
     reasons = {lab["reason"] for lab, _ in m["wgfast_drops_total"]}
     assert reasons == set(DROP_REASONS.values()) and len(reasons) == lib.WG_DROP_NREASONS - 1
@@ -144,8 +96,8 @@ def test_every_reason_and_outcome_and_no_secret(tunnel, topo: Topology) -> None:
         assert base64.b64decode(k).hex() not in text
 
 
-def test_garbage_shows_up_as_a_drop(tunnel, topo: Topology) -> None:
-    a, b = tunnel.pair
+def test_garbage_shows_up_as_a_drop(metrics_tunnel, topo: Topology) -> None:
+    a, b = metrics_tunnel.pair
     before = value(scrape(topo.b.name), "wgfast_drops_total", interface=b.iface, reason="type")
     with inside(topo.a.name):
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -200,7 +152,7 @@ def test_latency_histogram_buckets() -> None:
 def test_python_api_metrics_and_serve_metrics() -> None:
     """Device.metrics() and Device.serve_metrics() on in-process devices: the HTTP thread
     scrapes while the control loop runs in its own."""
-    from test_device import UNDER, pair, ping
+    from support_device import UNDER, pair, ping
 
     with pair() as (a, b):
         a.dev.add_peer(b.me.public, endpoint=f"{UNDER[1]}:{b.dev.listen_port}",
@@ -228,8 +180,8 @@ def test_python_api_metrics_and_serve_metrics() -> None:
 def test_loopback_metrics_without_root(tmp_path: object) -> None:
     """The same exposition from devices on SocketTuns over loopback (no root): a peer's
     sent bytes and endpoint, its handshake counted, served over HTTP."""
-    from test_dataplane import until
-    from test_device import LOOP_INNER, inner_udp, join, loop_device
+    from support import until
+    from support_device import LOOP_INNER, inner_udp, join, loop_device
 
     with loop_device(str(tmp_path), "mta") as a, loop_device(str(tmp_path), "mtb") as b:
         join(a, b)
@@ -255,12 +207,12 @@ def test_loopback_metrics_without_root(tmp_path: object) -> None:
         assert f'endpoint="127.0.0.1:{b.dev.listen_port}"' in served
 
 
-def test_roaming_and_handshake_timeouts(tunnel, topo: Topology) -> None:
+def test_roaming_and_handshake_timeouts(metrics_tunnel, topo: Topology) -> None:
     from support import until
 
     from wgfast.lab.netns import genkey, pubkey
 
-    a, b = tunnel.pair
+    a, b = metrics_tunnel.pair
     on_b = {"interface": b.iface, "public_key": a.public_key}
     assert value(scrape(topo.b.name), "wgfast_peer_endpoint_changes_total", **on_b) == 0
     a.set("listen-port", "51830")            # a NAT rebinding: same session, new source port
@@ -285,11 +237,11 @@ def test_roaming_and_handshake_timeouts(tunnel, topo: Topology) -> None:
                  public_key=b.public_key) == 0
 
 
-def test_scrapes_during_traffic_only_ever_rise(tunnel, topo: Topology) -> None:
+def test_scrapes_during_traffic_only_ever_rise(metrics_tunnel, topo: Topology) -> None:
     """Scrapes from another thread while the data plane is busy: consistent, monotonic."""
     import threading
 
-    a, b = tunnel.pair
+    a, b = metrics_tunnel.pair
     lab = {"interface": a.iface, "public_key": b.public_key}
     stop = threading.Event()
 

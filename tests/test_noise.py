@@ -9,25 +9,13 @@ from pathlib import Path
 
 import pytest
 from noise.connection import Keypair, NoiseConnection
+from support_protocol import LOW_ORDER
 
 from wgfast import noise as N
 from wgfast.messages import INITIATION_MAC1_OFF, Initiation
 
 VEC = Path(__file__).parent / "vectors"
 H = bytes.fromhex
-
-# The seven X25519 public keys of small order (they give an all-zero shared secret with every
-# private key).  Source: the blacklist in libsodium's crypto_scalarmult/curve25519/ref10
-# (has_small_order), also listed at https://cr.yp.to/ecdh.html#validate.
-LOW_ORDER = [
-    "0000000000000000000000000000000000000000000000000000000000000000",  # 0
-    "0100000000000000000000000000000000000000000000000000000000000000",  # 1
-    "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800",  # order 8
-    "5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157",  # order 8
-    "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",  # p - 1
-    "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",  # p
-    "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",  # p + 1
-]
 
 
 # ---- X25519 ------------------------------------------------------------------------------

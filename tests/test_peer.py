@@ -7,47 +7,12 @@ import os
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_noise import LOW_ORDER
+from support_protocol import LOW_ORDER, SRC, WALL, Side, handshake
 
 from wgfast import noise as N
-from wgfast.cookie import CookieChecker, Verdict, source_bytes
+from wgfast.cookie import Verdict
 from wgfast.messages import MAX_STAGED_PACKETS, MessageError, parse, parse_cookie_reply
-from wgfast.peer import IndexTable, KeypairMaterial, Peer, consume_initiation
-
-WALL = 1_700_000_000.0
-SRC = source_bytes(bytes([10, 0, 0, 1]), 40000)
-
-
-class Side:
-    """What a device keeps: identity, index table, peers by key, cookie checker."""
-
-    def __init__(self) -> None:
-        self.local = N.StaticIdentity.generate()
-        self.indices = IndexTable()
-        self.peers: dict[bytes, Peer] = {}
-        self.checker = CookieChecker(self.local.public)
-
-    def add(self, other: Side, psk: bytes | None = None) -> Peer:
-        p = Peer(other.local.public, peer_id=len(self.peers), psk=psk)
-        self.peers[p.public_key] = p
-        return p
-
-
-def handshake(a: Side, b: Side, now: float = 100.0, wall: float = WALL):
-    """a initiates to b; returns (a's keypair, b's keypair, a's evicted, b's evicted)."""
-    pa, pb = a.peers[b.local.public], b.peers[a.local.public]
-    init = pa.create_initiation(a.local, now, wall, a.indices)
-    assert b.checker.validate(init, SRC, now, False) is Verdict.ACCEPT
-    got = consume_initiation(b.local, init, b.peers, now, wall)
-    assert got is not None and got[0] is pb
-    resp, kb, ev_b = pb.create_response(b.local, got[1], now, b.indices)
-    assert a.checker.validate(resp, SRC, now, False) is Verdict.ACCEPT
-    peer = a.indices.get(parse(resp).receiver)
-    assert peer is pa
-    out = pa.consume_response(a.local, resp, now, a.indices)
-    assert out is not None
-    ka, ev_a = out
-    return ka, kb, ev_a, ev_b
+from wgfast.peer import KeypairMaterial, Peer, consume_initiation
 
 
 def pair(psk: bytes | None = None) -> tuple[Side, Side]:

@@ -19,13 +19,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_daemon import DAEMON, ROOT, daemon_pids, env, iface, needs_root, ns, sock_live
+from support_daemon import DAEMON, ROOT, daemon_pids, env, needs_wg, sock_live
 
 from wgfast import systemd
 from wgfast.lab.netns import inside
 from wgfast.noise import StaticIdentity
-
-__all__ = ["iface", "ns"]       # fixtures, used by name
 
 SCM_CREDENTIALS = getattr(socket, "SCM_CREDENTIALS", 2)
 SO_PASSCRED = getattr(socket, "SO_PASSCRED", 16)
@@ -115,7 +113,7 @@ def _uapi_answers(iface: str) -> bool:
     return r.returncode == 0 and int(r.stdout) > 0
 
 
-@needs_root
+@needs_wg
 def test_foreground_ready_status_stopping(ns: str, iface: str, ns_supervisor: Supervisor) -> None:
     supervisor = ns_supervisor
     proc = subprocess.Popen(["ip", "netns", "exec", ns, *DAEMON, "-f", iface], cwd=ROOT,
@@ -146,7 +144,7 @@ def test_foreground_ready_status_stopping(ns: str, iface: str, ns_supervisor: Su
             proc.communicate(timeout=10)
 
 
-@needs_root
+@needs_wg
 def test_detached_ready_comes_from_the_serving_process(ns: str, iface: str,
                                                        ns_supervisor: Supervisor) -> None:
     supervisor = ns_supervisor
@@ -164,7 +162,7 @@ def test_detached_ready_comes_from_the_serving_process(ns: str, iface: str,
     assert pid == pids[0]
 
 
-@needs_root
+@needs_wg
 def test_no_ready_when_start_fails(ns: str, iface: str, ns_supervisor: Supervisor) -> None:
     supervisor = ns_supervisor
     r = subprocess.run(["ip", "netns", "exec", ns, *DAEMON, "-f", iface], cwd=ROOT,

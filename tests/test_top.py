@@ -8,16 +8,13 @@ import io
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from rich.console import Console
-from test_metrics import METRICS_PORT, WGFAST_METRICS, send_udp, tunnel_fixture  # noqa: F401
+from support_daemon import METRICS_PORT, ROOT, send_udp
 
 from wgfast import top
 from wgfast.lab.netns import INNER4, Topology, inside, key_to_hex
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def text_of(cur: list[top.Frame], prev: list[top.Frame] | None) -> str:
@@ -33,8 +30,8 @@ def row_of(text: str, key: str) -> list[str]:
     return [c.strip() for c in lines[0].strip("│┃| ").split("│")]
 
 
-def test_frame_from_the_uapi_socket(tunnel, topo: Topology) -> None:
-    a, b = tunnel.pair
+def test_frame_from_the_uapi_socket(metrics_tunnel, topo: Topology) -> None:
+    a, b = metrics_tunnel.pair
     src = top.Source(a.iface)
     first = src.read()
     send_udp(topo.a.name, INNER4[1], 200, 1000)
@@ -53,8 +50,8 @@ def test_frame_from_the_uapi_socket(tunnel, topo: Topology) -> None:
     assert cur[0].peers[0].tx - first[0].peers[0].tx >= 200 * 1000
 
 
-def test_frame_from_the_metrics_endpoint(tunnel, topo: Topology) -> None:
-    a, b = tunnel.pair
+def test_frame_from_the_metrics_endpoint(metrics_tunnel, topo: Topology) -> None:
+    a, b = metrics_tunnel.pair
     url = f"127.0.0.1:{METRICS_PORT}"
     src = top.Source(None, metrics=url)
     with inside(topo.b.name):
@@ -77,8 +74,8 @@ def test_frame_from_the_metrics_endpoint(tunnel, topo: Topology) -> None:
     assert "handshake messages: accepted" in text
 
 
-def test_top_once_command(tunnel, topo: Topology) -> None:
-    a, b = tunnel.pair
+def test_top_once_command(metrics_tunnel, topo: Topology) -> None:
+    a, b = metrics_tunnel.pair
     out = subprocess.run([sys.executable, "-m", "wgfast.lab.cli", "top", a.iface, "--once",
                           "--interval", "0.2"], cwd=ROOT, capture_output=True, text=True,
                          timeout=30, env={"PYTHONPATH": str(ROOT), "COLUMNS": "200",
