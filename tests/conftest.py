@@ -2,7 +2,7 @@
 the data-plane benches (`plane` on a real TUN, `loop_plane` / `loop_plane46` on the TUN stand-in,
 `loop_pair`), `multi` (sticky sources), a namespace and an interface name for a daemon (`ns`,
 `iface`) and a tunnel of two daemons serving metrics (`metrics_tunnel`).  Helpers live in
-support.py, support_daemon.py, support_device.py and support_protocol.py."""
+the support package (tests/support/: __init__, daemon, device, protocol)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pytest
 
 # Assertions that moved from test files into the support modules keep pytest's introspection;
 # registering has to come before their first import, which is this file's.
-pytest.register_assert_rewrite("support", "support_daemon", "support_device", "support_protocol")
+pytest.register_assert_rewrite("support")      # and its submodules
 
 from hypothesis import settings  # noqa: E402
 from support import (  # noqa: E402
@@ -42,7 +42,7 @@ from support import (  # noqa: E402
     tun_plane,
     tun_unavailable,
 )
-from support_daemon import WGFAST_METRICS, daemon_name  # noqa: E402
+from support.daemon import WGFAST_METRICS, daemon_name  # noqa: E402
 
 from wgfast.dataplane import DataPlane  # noqa: E402
 from wgfast.lab.netns import INNER4, Topology, Tunnel, inside, make_tunnel  # noqa: E402

@@ -1,7 +1,7 @@
 """wgfast-daemon's command line, as wg-quick and users meet it: the same shape as wireguard-go's,
 foreground and detached runs inside a namespace of our own, the ways it ends, and its log.
 The fixtures `ns` and `iface` are in conftest.py, the helpers shared with test_systemd in
-support_daemon.py."""
+support/daemon.py."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from support import needs_netns, netns, sh, until
-from support_daemon import (
+from support.daemon import (
     DAEMON,
     ROOT,
     daemon_name,

@@ -1,8 +1,8 @@
 """wgfast.dataplane.DataPlane and dataplane.c: the native handles; peers, endpoints, byte
 counters, what C hands to Python (handshake queue, control flags) and stopping the I/O loops,
 without a Device: on a real TUN in a namespace of our own (root), and on the TUN stand-in
-(support.SeqpacketTun) with loopback UDP, where two DataPlanes carry traffic to each other
-(no root).  The fixtures are in conftest.py, the bench in support.py.
+(support.SocketTun) with loopback UDP, where two DataPlanes carry traffic to each other
+(no root).  The fixtures are in conftest.py, the bench in tests/support/.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from support import (
     End,
     Plane,
     needs_root,
+    nothing_delivered,
     seal,
     udp4,
     udp6,
@@ -217,11 +218,11 @@ def test_loopback_round_trip(loop_pair: tuple[End, End]) -> None:
         pkt = (udp4(a.inner4, 1000 + k, b.inner4, 7, payload) if k % 2 else
                udp6(a.inner6, 1000 + k, b.inner6, 7, payload))
         sent.append(pkt)
-        a.tun.inject(pkt)
-    assert [b.tun.delivered() for _ in sent] == sent
+        a.tun.send(pkt)
+    assert [b.tun.recv() for _ in sent] == sent
     back = udp6(b.inner6, 7, a.inner6, 1000, b"and back")
-    b.tun.inject(back)
-    assert a.tun.delivered() == back
+    b.tun.send(back)
+    assert a.tun.recv() == back
     for src, dst in ((a, b), (b, a)):
         assert until(lambda s=src, d=dst: int(s.dp.tx_bytes[0]) == int(d.dp.rx_bytes[0]) > 0)
         assert src.dp.clocks["last_data_sent"][0] > 0 and dst.dp.clocks["last_data_recv"][0] > 0
@@ -233,9 +234,9 @@ def test_loopback_mtu_bound_and_keepalive(loop_pair: tuple[End, End]) -> None:
     a keepalive (send_packet of nothing) reaches b as authenticated traffic, not data."""
     a, b = loop_pair
     full = udp4(a.inner4, 9, b.inner4, 9, bytes(1420 - 28))
-    a.tun.inject(full)
-    assert b.tun.delivered() == full
-    a.tun.inject(udp4(a.inner4, 9, b.inner4, 9, bytes(1421 - 28)))
+    a.tun.send(full)
+    assert b.tun.recv() == full
+    a.tun.send(udp4(a.inner4, 9, b.inner4, 9, bytes(1421 - 28)))
     assert until(lambda: a.drops(lib.WG_DROP_TOO_BIG) == 1)
     rx = int(b.dp.rx_bytes[0])
     assert rx == len(full) + lib.WG_MIN_DATA_LEN      # padded no further than the MTU
@@ -243,7 +244,7 @@ def test_loopback_mtu_bound_and_keepalive(loop_pair: tuple[End, End]) -> None:
     assert a.dp.send_packet(0, b"", time.monotonic()) == lib.WG_OK
     assert until(lambda: int(b.dp.rx_bytes[0]) == rx + lib.WG_MIN_DATA_LEN)
     assert b.dp.clocks["last_auth_recv"][0] > data_recv == b.dp.clocks["last_data_recv"][0]
-    assert b.tun.nothing_delivered()
+    assert nothing_delivered(b.tun)
 
 
 # ---- a peer id released while a batch holds it (issue 10.4c) ---------------------------------

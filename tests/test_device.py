@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 from support import needs_tun, netns, sh, until
-from support_device import (
+from support.device import (
     INNER,
     LOOP_INNER,
     UNDER,

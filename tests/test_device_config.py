@@ -9,7 +9,7 @@ import socket
 from collections.abc import Iterator
 
 import pytest
-from support_device import LoopSide, loop_device
+from support.device import LoopSide, loop_device
 
 from wgfast.noise import StaticIdentity
 from wgfast.uapi import UapiError

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 from support import until
-from support_device import LOOP_INNER, LoopSide, inner_udp, join, loop_device
+from support.device import LOOP_INNER, LoopSide, inner_udp, join, loop_device
 
 from wgfast.cookie import CookieState
 from wgfast.handshake import peer_name

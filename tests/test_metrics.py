@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from support import needs_netns
-from support_daemon import scrape, send_udp, value
+from support.daemon import scrape, send_udp, value
 
 from wgfast.dataplane import DROP_REASONS, lib
 from wgfast.lab.netns import INNER4, Topology, inside, key_to_hex
@@ -152,7 +152,7 @@ def test_latency_histogram_buckets() -> None:
 def test_python_api_metrics_and_serve_metrics() -> None:
     """Device.metrics() and Device.serve_metrics() on in-process devices: the HTTP thread
     scrapes while the control loop runs in its own."""
-    from support_device import UNDER, pair, ping
+    from support.device import UNDER, pair, ping
 
     with pair() as (a, b):
         a.dev.add_peer(b.me.public, endpoint=f"{UNDER[1]}:{b.dev.listen_port}",
@@ -181,7 +181,7 @@ def test_loopback_metrics_without_root(tmp_path: object) -> None:
     """The same exposition from devices on SocketTuns over loopback (no root): a peer's
     sent bytes and endpoint, its handshake counted, served over HTTP."""
     from support import until
-    from support_device import LOOP_INNER, inner_udp, join, loop_device
+    from support.device import LOOP_INNER, inner_udp, join, loop_device
 
     with loop_device(str(tmp_path), "mta") as a, loop_device(str(tmp_path), "mtb") as b:
         join(a, b)

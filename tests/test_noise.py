@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from noise.connection import Keypair, NoiseConnection
-from support_protocol import LOW_ORDER
+from support.protocol import LOW_ORDER
 
 from wgfast import noise as N
 from wgfast.messages import INITIATION_MAC1_OFF, Initiation

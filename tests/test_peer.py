@@ -7,7 +7,7 @@ import os
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support_protocol import LOW_ORDER, SRC, WALL, Side, handshake
+from support.protocol import LOW_ORDER, SRC, WALL, Side, handshake
 
 from wgfast import noise as N
 from wgfast.cookie import Verdict

@@ -23,6 +23,7 @@ from support import (
     PEER_IP6,
     Multi,
     Plane,
+    nothing_delivered,
     seal,
     seqpacket_plane,
     udp4,
@@ -236,7 +237,7 @@ def test_under_load_the_receive_loop_answers_with_a_cookie(plane: Plane) -> None
     assert [e[4] for e in evs] == [again]
 
 
-# ---- on the TUN stand-in (support.SeqpacketTun) with loopback UDP: no root --------------------
+# ---- on the TUN stand-in (support.SocketTun) with loopback UDP: no root --------------------
 
 def _from_peer(payload: bytes, src: str = PEER_IP) -> bytes:
     return udp4(src, 9999, LOCAL, 7, payload)
@@ -253,7 +254,7 @@ def test_opened_message_is_written_to_the_tun(loop_plane46: Plane) -> None:
         msg = seal(p.recv_key, LOCAL_INDEX, k, pkt)
         total += len(msg)
         p.remote.sendto(msg, p.addr)
-    assert [p.tun.delivered() for _ in pkts] == pkts
+    assert [p.tun.recv() for _ in pkts] == pkts
     assert until(lambda: int(p.dp.rx_bytes[0]) == total)
     assert p.dp.clocks["last_data_recv"][0] > 0 and p.dropped() == 0
 
@@ -267,10 +268,10 @@ def test_inner_source_filtering_drops(loop_plane: Plane) -> None:
     p.remote.sendto(seal(p.recv_key, LOCAL_INDEX, 2, udp6("fd00:66::9", 1, LOCAL6, 7, b"v6")),
                     p.addr)
     assert until(lambda: p.drops(lib.WG_DROP_ALLOWED_IPS) == 3)
-    assert p.tun.nothing_delivered()
+    assert nothing_delivered(p.tun)
     ok = _from_peer(b"owned")
     p.remote.sendto(seal(p.recv_key, LOCAL_INDEX, 3, ok), p.addr)
-    assert p.tun.delivered() == ok
+    assert p.tun.recv() == ok
 
 
 def test_replays_dropped(loop_plane: Plane) -> None:
@@ -281,17 +282,17 @@ def test_replays_dropped(loop_plane: Plane) -> None:
             for c in (5, 3, 20_000, 20_000 - lib.WG_REPLAY_WINDOW, 1)}
     for c in (5, 3):
         p.remote.sendto(msgs[c], p.addr)
-        assert p.tun.delivered() == _from_peer(c.to_bytes(4, "big"))
+        assert p.tun.recv() == _from_peer(c.to_bytes(4, "big"))
     for c in (5, 3):
         p.remote.sendto(msgs[c], p.addr)
     assert until(lambda: p.drops(lib.WG_DROP_REPLAY) == 2)
     p.remote.sendto(msgs[20_000], p.addr)
-    assert p.tun.delivered() == _from_peer((20_000).to_bytes(4, "big"))
+    assert p.tun.recv() == _from_peer((20_000).to_bytes(4, "big"))
     p.remote.sendto(msgs[20_000 - lib.WG_REPLAY_WINDOW], p.addr)     # the window's last slot
-    assert p.tun.delivered() == _from_peer((20_000 - lib.WG_REPLAY_WINDOW).to_bytes(4, "big"))
+    assert p.tun.recv() == _from_peer((20_000 - lib.WG_REPLAY_WINDOW).to_bytes(4, "big"))
     p.remote.sendto(msgs[1], p.addr)                                 # behind it
     assert until(lambda: p.drops(lib.WG_DROP_REPLAY) == 3)
-    assert p.tun.nothing_delivered()
+    assert nothing_delivered(p.tun)
 
 
 def test_malformed_datagrams_counted_and_dropped(loop_plane46: Plane) -> None:
@@ -307,10 +308,10 @@ def test_malformed_datagrams_counted_and_dropped(loop_plane46: Plane) -> None:
     for m in bad.values():
         p.remote.sendto(m, p.addr)
     assert until(lambda: all(p.drops(r) == 1 for r in bad))
-    assert p.dropped() == len(bad) and p.tun.nothing_delivered()
+    assert p.dropped() == len(bad) and nothing_delivered(p.tun)
     alive = _from_peer(b"alive")
     p.remote.sendto(seal(p.recv_key, LOCAL_INDEX, 6, alive), p.addr)
-    assert p.tun.delivered() == alive
+    assert p.tun.recv() == alive
 
 
 def test_handshake_types_reach_the_handshake_queue(loop_plane46: Plane) -> None:
@@ -328,7 +329,7 @@ def test_handshake_types_reach_the_handshake_queue(loop_plane46: Plane) -> None:
         p.remote.sendto(m, p.addr)
     hs = p.dp.pop_handshakes() if until(lambda: p.dp.events_pending() == 3) else []
     assert [(m, src) for m, src, _ in hs] == [(m, p.remote.getsockname()[:2]) for m in good]
-    assert p.tun.nothing_delivered(0.05) and int(p.dp.rx_bytes[0]) == 0
+    assert nothing_delivered(p.tun, 0.05) and int(p.dp.rx_bytes[0]) == 0
 
 
 # ---- the receive path's fuzzer ----------------------------------------------------------------
@@ -378,8 +379,8 @@ def test_fuzz_arbitrary_datagrams_are_counted_never_fatal() -> None:
         seen = {"read": int(udp[lib.WG_BATCH_BUCKETS]), "dropped": p.dropped(), "out": 0}
 
         def accounted() -> bool:
-            while not p.tun.nothing_delivered(0):
-                p.tun.delivered()
+            while not nothing_delivered(p.tun, 0):
+                p.tun.recv()
                 seen["out"] += 1
             queued = len(p.dp.pop_events())
             seen["out"] += queued
@@ -400,4 +401,4 @@ def test_fuzz_arbitrary_datagrams_are_counted_never_fatal() -> None:
         # Still serving after all of it.
         alive = _from_peer(b"alive")
         p.remote.sendto(seal(p.recv_key, LOCAL_INDEX, 1 << 62, alive), p.addr)
-        assert p.tun.delivered() == alive
+        assert p.tun.recv() == alive

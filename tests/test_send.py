@@ -180,7 +180,7 @@ def test_aging_keypair_still_sends_and_asks_for_rekey(plane: Plane) -> None:
 
 # ---- sticky source: replies leave from the local address the peer reached us on --------------
 
-# ADDRS, Multi and the `multi` fixture: support.py and conftest.py.
+# ADDRS, Multi and the `multi` fixture: tests/support/ and conftest.py.
 
 
 def _ifindex(m: Multi, fam: int) -> int:
@@ -358,7 +358,7 @@ def test_own_message_routed_back_into_its_tunnel_is_a_loop(plane: Plane) -> None
         ours.close()
 
 
-# ---- on the TUN stand-in (support.SeqpacketTun) with loopback UDP: no root --------------------
+# ---- on the TUN stand-in (support.SocketTun) with loopback UDP: no root --------------------
 
 def test_injected_packets_sealed_to_endpoint(loop_plane46: Plane) -> None:
     """What is routed into the TUN leaves sealed to peer 0's endpoint: the inner packet whole,
@@ -367,7 +367,7 @@ def test_injected_packets_sealed_to_endpoint(loop_plane46: Plane) -> None:
     pkts = [udp4(LOCAL, 5000 + k, PEER_IP, 9, os.urandom(37 * k)) if k % 3 else
             udp6(LOCAL6, 5000 + k, PEER_IP6, 9, os.urandom(11 * k)) for k in range(15)]
     for pkt in pkts:
-        p.tun.inject(pkt)
+        p.tun.send(pkt)
     got = [unseal(p.send_key, p.recv_remote()) for _ in pkts]
     assert [(r, c) for r, c, _ in got] == [(REMOTE_INDEX, k) for k in range(len(pkts))]
     for (_, _, pt), pkt in zip(got, pkts, strict=True):
@@ -379,13 +379,13 @@ def test_unroutable_and_malformed_packets_are_counted(loop_plane: Plane) -> None
     """No owner of the destination: WG_DROP_NO_ROUTE; no IP header to route by (a bad version,
     a truncated header): WG_DROP_BAD_INNER.  Nothing is sealed for them."""
     p = loop_plane
-    p.tun.inject(udp4(LOCAL, 1, UNROUTED, 9, b"nobody's"))
-    p.tun.inject(udp6(LOCAL6, 1, "fd00:66::77", 9, b"nobody's either"))
+    p.tun.send(udp4(LOCAL, 1, UNROUTED, 9, b"nobody's"))
+    p.tun.send(udp6(LOCAL6, 1, "fd00:66::77", 9, b"nobody's either"))
     assert until(lambda: p.drops(lib.WG_DROP_NO_ROUTE) == 2)
     for bad in (b"\x70" + bytes(39), b"\x45\x00", b"\x60" + bytes(10)):
-        p.tun.inject(bad)
+        p.tun.send(bad)
     assert until(lambda: p.drops(lib.WG_DROP_BAD_INNER) == 3)
-    p.tun.inject(udp4(LOCAL, 1, PEER_IP, 9, b"routed"))
+    p.tun.send(udp4(LOCAL, 1, PEER_IP, 9, b"routed"))
     _, counter, pt = unseal(p.send_key, p.recv_remote())
     assert counter == 0 and pt[28:34] == b"routed"
 
@@ -395,7 +395,7 @@ def test_keyless_peer_stages_without_root(loop_plane: Plane) -> None:
     and an endpoint exist, a flush seals it."""
     p = loop_plane
     pkt = udp4(LOCAL, 1, OTHER_IP, 9, b"wait for me")
-    p.tun.inject(pkt)
+    p.tun.send(pkt)
     assert until(lambda: p.dp.staged_count(1) == 1)
     assert p.drops(lib.WG_DROP_NO_KEY) == 1
     assert [e[1] for e in p.wait_events(lib.WG_EV_NEED_HANDSHAKE)] == [1]

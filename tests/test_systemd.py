@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support_daemon import DAEMON, ROOT, daemon_pids, env, needs_wg, sock_live
+from support.daemon import DAEMON, ROOT, daemon_pids, env, needs_wg, sock_live
 
 from wgfast import systemd
 from wgfast.lab.netns import inside

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 from rich.console import Console
-from support_daemon import METRICS_PORT, ROOT, send_udp
+from support.daemon import METRICS_PORT, ROOT, send_udp
 
 from wgfast import top
 from wgfast.lab.netns import INNER4, Topology, inside, key_to_hex

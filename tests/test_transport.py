@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 
 import nacl.bindings as aead
-from support_protocol import Side, handshake
+from support.protocol import Side, handshake
 
 from wgfast.dataplane import DataPlane, Ring, lib
 from wgfast.peer import KeypairMaterial

@@ -1,13 +1,12 @@
-"""What several test files share, in one place instead of tests importing each other: shell and
-polling helpers, RFC 1071 checksums, the skips of tests that need root or tools, namespaces of
-our own, the daemon implementations, and the data-plane test bench (`Plane`): a DataPlane on a
-TUN -- a real one in a namespace (root), or a SOCK_SEQPACKET socketpair standing in for it (no
-root) -- with real UDP sockets, a keypair installed and a "remote" socket playing the peer.
-
-The fixtures built from these live in conftest.py.  Kept in one module over ~400 lines because
-it is one thing: the bench every data-plane test stands on.  Its siblings, split by concept:
-support_device.py (in-process Devices), support_daemon.py (wgfast-daemon as a process, its
-metrics) and support_protocol.py (the protocol core without I/O).
+"""The tests' support package: what several test files share, in one place instead of tests
+importing each other.  Here: shell and polling helpers, RFC 1071 checksums, the skips of tests
+that need root or tools, namespaces of our own, the daemon implementations, and the data-plane
+test bench (`Plane`): a DataPlane on a TUN -- a real one in a namespace (root), or
+wgfast.tun.SocketTun standing in for it (no root) -- with real UDP sockets, a keypair installed
+and a "remote" socket playing the peer.  Its submodules, by concept: support.device
+(in-process Devices), support.daemon (wgfast-daemon as a process, its metrics) and
+support.protocol (the protocol core without I/O).  The fixtures built from these live in
+conftest.py.  Over ~400 lines because the bench is one thing every data-plane test stands on.
 """
 
 from __future__ import annotations
@@ -36,6 +35,7 @@ from wgfast.lab.netns import (
     Implementation,
     inside,
 )
+from wgfast.tun import SocketTun
 
 # ---- shell, polling, checksums ----------------------------------------------------------------
 
@@ -202,35 +202,14 @@ def unseal(key: bytes, msg: bytes) -> tuple[int, int, bytes]:
 # ---- the TUN stand-in -------------------------------------------------------------------------
 
 
-class SeqpacketTun:
-    """A TUN without root: one end of an AF_UNIX SOCK_SEQPACKET socketpair goes to the data
-    plane as its TUN descriptor.  A seqpacket socket keeps message boundaries, as a TUN does
-    without offloads (no vnet header): each read() is one packet, each write() one packet.
-    The other end is "the kernel": inject() routes a packet into the tunnel, delivered()
-    is the next packet the data plane wrote out of it."""
+# wgfast.tun.SocketTun is the stand-in: a SOCK_SEQPACKET socketpair keeps packet boundaries
+# as a TUN without a vnet header does; send() injects a packet into the tunnel, recv() reads
+# the next one the data plane wrote out of it.
 
-    def __init__(self) -> None:
-        self.dp_end, self.kernel = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.dp_end.setblocking(False)       # the send loop reads until EAGAIN
-        self.kernel.settimeout(5)
 
-    def fileno(self) -> int:
-        return self.dp_end.fileno()
-
-    def inject(self, packet: bytes) -> None:
-        self.kernel.send(packet)
-
-    def delivered(self, timeout: float = 5.0) -> bytes:
-        self.kernel.settimeout(timeout)
-        return self.kernel.recv(65536)
-
-    def nothing_delivered(self, wait: float = 0.2) -> bool:
-        """True if no packet comes out within `wait` seconds."""
-        return not select.select([self.kernel], [], [], wait)[0]
-
-    def close(self) -> None:
-        self.dp_end.close()
-        self.kernel.close()
+def nothing_delivered(tun: SocketTun, wait: float = 0.2) -> bool:
+    """True if no packet comes out of the stand-in within `wait` seconds."""
+    return not select.select([tun.peer], [], [], wait)[0]
 
 
 # ---- the data-plane bench -----------------------------------------------------------------------
@@ -244,11 +223,11 @@ class Plane:
 
     On a real TUN (`ns` set): the TUN is 10.66.0.1/24 in namespace `ns` and `app` is an
     application socket inside the tunnel.  On the stand-in (`ns` None): `tun` is a
-    SeqpacketTun and there is no kernel routing, so tests inject and read IP packets."""
+    SocketTun and there is no kernel routing, so tests inject and read IP packets."""
 
     ns: str | None
     dp: DataPlane
-    tun: object                  # a wgfast.tun.Tun or a SeqpacketTun
+    tun: object                  # a wgfast.tun.Tun or a SocketTun
     sock: socket.socket          # the data plane's
     remote: socket.socket        # the peer's outer socket
     app: socket.socket | None    # an application on this host, inside the tunnel (real TUN)
@@ -350,7 +329,7 @@ def seqpacket_plane(family: int = socket.AF_INET) -> Iterator[Plane]:
     """A Plane on the TUN stand-in with UDP on 127.0.0.1 (or ::1): no root, no namespace.
     Offloads are off (the stand-in has no vnet header)."""
     host = "127.0.0.1" if family == socket.AF_INET else "::1"
-    tun = SeqpacketTun()
+    tun = SocketTun()
     sock, remote = socket.socket(family, socket.SOCK_DGRAM), socket.socket(family,
                                                                         socket.SOCK_DGRAM)
     try:
@@ -381,7 +360,7 @@ class End:
     own address inside the tunnel."""
 
     dp: DataPlane
-    tun: SeqpacketTun
+    tun: SocketTun
     sock: socket.socket
     inner4: str
     inner6: str
@@ -403,7 +382,7 @@ def loopback_pair(family: int = socket.AF_INET) -> Iterator[tuple[End, End]]:
         for inner4, inner6 in ((LOCAL, LOCAL6), (PEER_IP, PEER_IP6)):
             sock = socket.socket(family, socket.SOCK_DGRAM)
             sock.bind((host, 0))
-            ends.append(End(DataPlane(max_peers=2, mtu=1420), SeqpacketTun(), sock, inner4,
+            ends.append(End(DataPlane(max_peers=2, mtu=1420), SocketTun(), sock, inner4,
                             inner6))
         a, b = ends
         now = time.monotonic()

@@ -1,6 +1,6 @@
 """In-process Devices (wgfast.device) for the tests of test_device, test_device_config,
 test_handshake and test_metrics: two devices in namespaces of their own joined by a veth pair
-(root), and devices on SocketTuns joined over loopback UDP (no root).  Split from support.py,
+(root), and devices on SocketTuns joined over loopback UDP (no root).  Beside __init__,
 which holds the data-plane bench these stand on; the fixtures built from them live in each test
 file (they differ per file)."""
 
@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from support import inet_csum, netns, sh
-
 from wgfast.device import Device
 from wgfast.lab.netns import inside
 from wgfast.noise import StaticIdentity

@@ -1,6 +1,6 @@
 """wgfast-daemon as a process, for test_daemon, test_systemd, test_metrics and test_top: how to
 run it (argv, environment), find the ones we started and their UAPI sockets, and read its
-metrics endpoint from inside a namespace.  Split from support.py (the data-plane bench); the
+metrics endpoint from inside a namespace.  Apart from the data-plane bench (__init__); the
 fixtures built from these (`ns`, `iface`, `metrics_tunnel`) live in conftest.py."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
-from support import needs_tun
 
+from support import needs_tun
 from wgfast.lab.netns import WGFAST, Implementation, inside
 from wgfast.uapi_server import SOCKET_DIR
 

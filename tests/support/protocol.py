@@ -1,6 +1,6 @@
 """The protocol core without I/O, for test_noise, test_peer and test_transport: the X25519 keys
 of small order, and in-memory sides (what a device keeps) that handshake through peer.py with
-injected clocks.  Split from support.py, which holds the data-plane bench."""
+injected clocks.  Split from support/__init__.py, which holds the data-plane bench."""
 
 from __future__ import annotations
 
