@@ -23,7 +23,7 @@ from wgfast.uapi_server import SOCKET_DIR
 
 # ---- running it and finding it ----------------------------------------------------------------
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]        # the checkout: tests/support/ is two down
 DAEMON = [sys.executable, "-m", "wgfast.daemon"]
 
 # A daemon in a namespace of our own, configured with `wg`: root, /dev/net/tun, iproute2, wg.
