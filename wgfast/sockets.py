@@ -50,6 +50,24 @@ def tune(s: socket.socket, fwmark: int) -> None:
         s.setsockopt(socket.SOL_SOCKET, SO_MARK, fwmark)
 
 
+# A family the host lacks (no IPv6, or no such address): the other one serves alone.
+_FAMILY_MISSING = (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL)
+
+
+def _bound(family: int, host: str, port: int, fwmark: int) -> socket.socket:
+    """A tuned UDP socket of family bound to (host, port); closed again if that fails."""
+    s = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if family == socket.AF_INET6:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        tune(s, fwmark)
+        s.bind((host, port))
+    except OSError:
+        s.close()
+        raise
+    return s
+
+
 def open_pair(port: int, fwmark: int, offloads: bool, host4: str = "0.0.0.0",
               host6: str = "::") -> Pair:
     """IPv4 and IPv6 sockets on one port (random when 0), bound to host4/host6.  Either
@@ -60,26 +78,15 @@ def open_pair(port: int, fwmark: int, offloads: bool, host4: str = "0.0.0.0",
         s4: socket.socket | None = None
         try:
             try:
-                s6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-                s6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                tune(s6, fwmark)
-                s6.bind((host6, port))
+                s6 = _bound(socket.AF_INET6, host6, port, fwmark)
             except OSError as e:
-                if s6 is not None:
-                    s6.close()
-                s6 = None
-                if e.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+                if e.errno not in _FAMILY_MISSING:
                     raise
             bound = s6.getsockname()[1] if s6 is not None else port
             try:
-                s4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                tune(s4, fwmark)
-                s4.bind((host4, bound))
+                s4 = _bound(socket.AF_INET, host4, bound, fwmark)
             except OSError as e:
-                if s4 is not None:
-                    s4.close()
-                s4 = None
-                if e.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL) or s6 is None:
+                if e.errno not in _FAMILY_MISSING or s6 is None:
                     raise
             if s4 is None and s6 is None:
                 raise OSError(errno.EAFNOSUPPORT, "neither IPv4 nor IPv6 is available")
