@@ -1,7 +1,8 @@
 """wgfast-daemon's command line, as wg-quick and users meet it: the same shape as wireguard-go's,
 foreground and detached runs inside a namespace of our own, the ways it ends, and its log.
 The fixtures `ns` and `iface` are in conftest.py, the helpers shared with test_systemd in
-support/daemon.py."""
+support/daemon.py.
+Over ~400 lines: one command's tests, each starting real daemons in namespaces of our own."""
 
 from __future__ import annotations
 

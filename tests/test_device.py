@@ -3,7 +3,8 @@ in a namespace of its own joined by a veth pair, ping through the tunnel; a priv
 expiring sessions; stats; close() removing the interface and socket; the interface followed
 across namespaces.  Without root: two devices on SocketTuns joined over loopback UDP (a real
 handshake, packets both ways, keepalives, the UAPI socket at a path of our own).  UAPI set
-semantics are in test_device_config.py."""
+semantics are in test_device_config.py.
+Over ~400 lines: the one public object, tested both with and without root."""
 
 from __future__ import annotations
 

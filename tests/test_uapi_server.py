@@ -3,7 +3,8 @@ semantics and the real `wg` tool.
 
 Protocol facts: https://www.wireguard.com/xplatform/ and wireguard-go device/uapi.go
 (errno=-22 EINVAL for bad values/keys, -71 EPROTO for a line without '=').
-"""
+
+Over ~400 lines: one protocol's socket, key by key and error by error, as wg drives it."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """Userspace WireGuard daemons inside the namespaces of topology.py: the implementations (any
 daemon that speaks wireguard-go's command line, `DAEMON [-f] IFACE`, and its UAPI socket
 /var/run/wireguard/IFACE.sock), starting and configuring one, reading `wg show dump`, and a
-tunnel of two of them."""
+tunnel of two of them.
+Just over ~400 lines: starting, configuring and reading a daemon belong together."""
 
 from __future__ import annotations
 
