@@ -38,7 +38,8 @@ from support import (
     until,
 )
 
-from wgfast.dataplane import DataPlane, Sticky, lib
+from wgfast.dataplane import DataPlane, lib
+from wgfast.endpoint import Endpoint
 from wgfast.lab.netns import inside
 from wgfast.tun import Tun
 
@@ -191,7 +192,7 @@ def _ifindex(m: Multi, fam: int) -> int:
 def test_replies_leave_from_the_sticky_source(multi: Multi, fam: int) -> None:
     a, b, r = ADDRS[fam]
     for src in (a, b, a):
-        multi.dp.set_endpoint(0, Sticky(*multi.remote_ep(fam), src=(src, _ifindex(multi, fam))))
+        multi.dp.set_endpoint(0, Endpoint(*multi.remote_ep(fam), src=(src, _ifindex(multi, fam))))
         assert multi.dp.get_endpoint(0).src == (src, _ifindex(multi, fam))
         assert multi.dp.send_packet(0, b"", time.monotonic()) == lib.WG_OK
         assert multi.recv(fam)[1] == src
@@ -204,7 +205,7 @@ def test_replies_leave_from_the_sticky_source(multi: Multi, fam: int) -> None:
 
 def test_gso_trains_leave_from_the_sticky_source(multi: Multi) -> None:
     a = ADDRS[4][0]
-    multi.dp.set_endpoint(0, Sticky(*multi.remote_ep(4), src=(a, 0)))
+    multi.dp.set_endpoint(0, Endpoint(*multi.remote_ep(4), src=(a, 0)))
     for k in range(40):
         multi.app.sendto(bytes([k]) * 600, (PEER_IP, 9999))
     got = [multi.recv(4) for _ in range(40)]
@@ -218,7 +219,7 @@ def test_source_gone_falls_back_to_routing(multi: Multi, fam: int) -> None:
     """Not too sticky: once the address left the host, the send goes again from where
     routing says, and the endpoint forgets the source."""
     a, _, r = ADDRS[fam]
-    multi.dp.set_endpoint(0, Sticky(*multi.remote_ep(fam), src=(a, _ifindex(multi, fam))))
+    multi.dp.set_endpoint(0, Endpoint(*multi.remote_ep(fam), src=(a, _ifindex(multi, fam))))
     multi.dp.send_packet(0, b"", time.monotonic())
     assert multi.recv(fam)[1] == a
     sh("ip", "-n", multi.ns, f"-{fam}", "addr", "del", f"{a}/{32 if fam == 4 else 128}",

@@ -8,7 +8,10 @@ lets the rest of the package stay free of cffi.
 
 from __future__ import annotations
 
+import errno
+import ipaddress
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -19,6 +22,8 @@ import numpy as np
 import numpy.typing as npt
 
 from wgfast._native import ffi, lib
+from wgfast.endpoint import Endpoint
+from wgfast.messages import AF_INET, AF_INET6
 
 # A cffi pointer or struct: cffi itself checks its C type when it is passed to C.
 CData = Any
@@ -280,16 +285,9 @@ def choose_backend(name: str | None = None) -> str:
     best = max(candidates, key=lambda n: _measure(BACKENDS[n]))
     lib.wg_aead_select(BACKENDS[best])
     return best
+
+
 # ---- the data-plane handle the device drives -------------------------------------------------
-
-import errno  # noqa: E402
-import ipaddress  # noqa: E402
-import socket  # noqa: E402
-
-from wgfast.endpoint import Endpoint  # noqa: E402
-from wgfast.messages import AF_INET, AF_INET6  # noqa: E402
-
-Sticky = Endpoint       # its former name here (an Endpoint with a source)
 
 
 def addr_to_c(endpoint: tuple[str, int] | None, out: CData) -> None:
