@@ -103,7 +103,7 @@ def check_handshake_crypto() -> str | None:
         mac1_key, cookie_key = os.urandom(32), os.urandom(32)
         lib.wg_hs_set_keys(dp, mac1_key, cookie_key)
         msg = os.urandom(148)
-        src = ffi.new("wg_addr *", {"family": lib.WG_AF_INET, "port": 51820})
+        src = ffi.new("wg_addr *", {"family": AF_INET, "port": 51820})
         reply = ffi.new("uint8_t[64]")
         if lib.wg_hs_cookie_reply(dp, msg, 148, src, 1.0, reply) != 0:
             return "C could not make a cookie reply"
@@ -296,24 +296,21 @@ def addr_to_c(endpoint: tuple[str, int] | None, out: CData) -> None:
     ffi.memmove(out, bytes(ffi.sizeof("wg_addr")), ffi.sizeof("wg_addr"))
     if endpoint is None:
         return
-    host, port = endpoint
-    scope = 0
-    if "%" in host:
-        host, _, zone = host.partition("%")
-        scope = int(zone) if zone.isdigit() else socket.if_nametoindex(zone)
-    ip = ipaddress.ip_address(host)
-    out.family = AF_INET if ip.version == 4 else AF_INET6
-    out.port = port
-    out.scope_id = scope
-    packed = ip.packed
+    ep = endpoint if isinstance(endpoint, Endpoint) else Endpoint(*endpoint)
+    packed = ep.packed                  # the encoding pack_endpoints uses for many at once
+    v6 = len(packed) == 16
+    out.family = AF_INET6 if v6 else AF_INET
+    out.port = ep.port
+    out.scope_id = ep.scope_id if v6 else 0
     ffi.memmove(out.addr, packed, len(packed))
-    src = endpoint.src if isinstance(endpoint, Endpoint) else None
-    if src is not None:
-        sip = ipaddress.ip_address(src[0])
-        if sip.version != ip.version:
-            raise ValueError(f"source {src[0]} is not of the family of {host}")
-        ffi.memmove(out.src, sip.packed, len(sip.packed))
-        out.src_ifindex = src[1] if ip.version == 6 else 0
+    if ep.src is not None:
+        fam = AF_INET6 if v6 else AF_INET
+        try:
+            spacked = socket.inet_pton(fam, ep.src[0])
+        except OSError:
+            raise ValueError(f"source {ep.src[0]} is not of the family of {ep.host}") from None
+        ffi.memmove(out.src, spacked, len(spacked))
+        out.src_ifindex = ep.src[1] if v6 else 0
 
 
 def _addr_dtype() -> np.dtype:
@@ -485,14 +482,14 @@ class DataPlane:
     # allowed IPs
     def aip_insert(self, peer: int, network: ipaddress.IPv4Network | ipaddress.IPv6Network
                    ) -> None:
-        fam = lib.WG_AF_INET if network.version == 4 else lib.WG_AF_INET6
+        fam = AF_INET if network.version == 4 else AF_INET6
         r = lib.wg_aip_insert(self._dp, fam, network.network_address.packed, network.prefixlen,
                               peer)
         if r != 0:
             raise OSError(-r, f"wg_aip_insert failed ({r})")
 
     def aip_remove(self, network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> None:
-        fam = lib.WG_AF_INET if network.version == 4 else lib.WG_AF_INET6
+        fam = AF_INET if network.version == 4 else AF_INET6
         lib.wg_aip_remove(self._dp, fam, network.network_address.packed, network.prefixlen)
 
     def aip_remove_peer(self, peer: int) -> None:
@@ -524,7 +521,7 @@ class DataPlane:
         return list(ffi.unpack(prev, n))
 
     def aip_lookup(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> int | None:
-        fam = lib.WG_AF_INET if address.version == 4 else lib.WG_AF_INET6
+        fam = AF_INET if address.version == 4 else AF_INET6
         r = lib.wg_aip_lookup(self._dp, fam, address.packed)
         return None if r < 0 else int(r)
 

@@ -290,6 +290,17 @@ def _configure(dp: DataPlane, remote: socket.socket, v6: bool) -> tuple[bytes, b
 
 
 @contextlib.contextmanager
+def _running(plane: Plane) -> Iterator[Plane]:
+    """A started plane, stopped again (and the sockets a test added closed) at the end."""
+    try:
+        yield plane
+    finally:
+        plane.dp.stop()
+        for s in plane.extra:
+            s.close()
+
+
+@contextlib.contextmanager
 def tun_plane(ns_name: str, tun_name: str) -> Iterator[Plane]:
     """A Plane on a real TUN in a namespace of its own (root)."""
     from wgfast.tun import Tun
@@ -311,13 +322,8 @@ def tun_plane(ns_name: str, tun_name: str) -> Iterator[Plane]:
             dp = DataPlane(max_peers=4, mtu=1420)
             send_key, recv_key = _configure(dp, remote, v6=False)
             dp.start(tun.fileno(), sock.fileno(), -1)
-            plane = Plane(ns, dp, tun, sock, remote, app, send_key, recv_key)
-            try:
+            with _running(Plane(ns, dp, tun, sock, remote, app, send_key, recv_key)) as plane:
                 yield plane
-            finally:
-                dp.stop()
-                for s in plane.extra:
-                    s.close()
         finally:
             for s in socks:
                 s.close()
@@ -341,13 +347,9 @@ def seqpacket_plane(family: int = socket.AF_INET) -> Iterator[Plane]:
         dp.set_offloads(False, False, False)
         fds = (sock.fileno(), -1) if family == socket.AF_INET else (-1, sock.fileno())
         dp.start(tun.fileno(), *fds)
-        plane = Plane(None, dp, tun, sock, remote, None, send_key, recv_key, family)
-        try:
+        with _running(Plane(None, dp, tun, sock, remote, None, send_key, recv_key,
+                            family)) as plane:
             yield plane
-        finally:
-            dp.stop()
-            for s in plane.extra:
-                s.close()
     finally:
         sock.close()
         remote.close()
